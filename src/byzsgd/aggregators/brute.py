@@ -1,0 +1,60 @@
+"""Brute (El Mhamdi et al., Hidden Vulnerability 2.3.1)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+from torch import Tensor
+
+from ._base import Aggregation, as_gradients, check_f, require
+from .distances import geometry
+from .krum import mean_of_rows
+
+#: Subsets evaluated per vectorized step.
+CHUNK = 16384
+
+
+def check_brute(n: int, f: int, max_subsets: int = 1_000_000) -> None:
+    check_f("brute", n, f)
+    require("brute", n >= 2 * f + 1, "n >= 2f + 1", n, f)
+    count = math.comb(n, n - f)
+    if count > max_subsets:
+        raise ValueError(
+            f"brute needs C(n, n - f) <= max_subsets to enumerate its subsets, got "
+            f"C({n}, {n - f}) = {count:,} > max_subsets = {max_subsets:,}; use a smaller n or "
+            f"f, raise max_subsets, or use krum/bulyan")
+
+
+def smallest_diameter_subset(sqdist: Tensor, f: int) -> Tensor:
+    """The (n - f)-subset of rows with the smallest diameter (max pairwise distance), as
+    sorted indices; ties go to the first subset in lexicographic order."""
+    n = sqdist.shape[0]
+    size = n - f
+    best_diameter = float("inf")
+    best: tuple[int, ...] = tuple(range(size))
+    combos = itertools.combinations(range(n), size)
+    while True:
+        chunk = list(itertools.islice(combos, CHUNK))
+        if not chunk:
+            break
+        idx = torch.tensor(chunk, dtype=torch.long)
+        diameters = sqdist[idx[:, :, None], idx[:, None, :]].amax(dim=(1, 2))
+        i = int(torch.argmin(diameters))
+        if float(diameters[i]) < best_diameter:
+            best_diameter = float(diameters[i])
+            best = chunk[i]
+    return torch.tensor(best, dtype=torch.long)
+
+
+def brute_select(gradients: Tensor, f: int, *, p: float = 2.0,
+                 max_subsets: int = 1_000_000) -> Aggregation:
+    """Brute: the mean of the n - f vectors whose subset has the smallest diameter in the
+    l_p norm (Hidden Vulnerability 2.3.1; needs n >= 2f + 1). Enumerates all C(n, f)
+    subsets, so it refuses sizes with more than ``max_subsets`` of them."""
+    x = as_gradients(gradients, "brute")
+    check_brute(x.shape[0], f, max_subsets)
+    geo = geometry(x, p)
+    chosen = smallest_diameter_subset(geo.sqdist, f)
+    return Aggregation(mean_of_rows(x, chosen, geo), chosen)

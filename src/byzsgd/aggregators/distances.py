@@ -1,0 +1,113 @@
+"""Pairwise distances between worker vectors, computed once per aggregation and shared.
+
+For the Euclidean norm everything derives from one Gram matrix G = (X - c)(X - c)^T
+(float64, n x n): squared distances ``G_ii + G_jj - 2 G_ij``, Krum scores, the medoid, and
+Weiszfeld's iterations for the geometric median all work on G, so the (n, d) input is read
+once, however many times a rule (or Bulyan's loop) needs distances.
+
+Centering: in float32, ``|a|^2 + |b|^2 - 2<a, b>`` loses every digit when the rows share a
+large common component (gradients late in training; a constant offset). Distances do not
+change under translation, so we subtract a *pivot* row first, chosen robustly near the bulk of
+the rows (the row with the least median distance to the others, measured on a strided sample of
+coordinates) so a Byzantine outlier is never the origin.
+
+Hostile rows: a row with a NaN/Inf value, or whose squared norm overflows, is *invalid*: it is
+at distance +inf from every row (and from itself), so it never wins a nearest-neighbour
+contest, while it still counts as a worker in n.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ._gram import centered_gram
+
+#: Coordinates sampled to choose the pivot row.
+PIVOT_SAMPLE = 4096
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Pairwise geometry of the rows of one (n, d) input.
+
+    ``gram`` is the centered Gram matrix (float64, ``None`` unless ``p == 2``), ``sqdist`` the
+    squared ``p``-norm distances (float64, +inf for invalid rows, 0 on the diagonal of valid
+    rows), ``valid`` marks rows with finite values and finite squared norm.
+    """
+
+    sqdist: Tensor
+    valid: Tensor
+    gram: Tensor | None
+    p: float
+
+    @property
+    def dist(self) -> Tensor:
+        """Distances (not squared)."""
+        return self.sqdist.sqrt()
+
+
+def _nan_to_inf(t: Tensor) -> Tensor:
+    return torch.where(torch.isnan(t), torch.full_like(t, float("inf")), t)
+
+
+def pivot_row(x: Tensor) -> int | None:
+    """Index of a finite row near the bulk of the rows (None when every row is non-finite)."""
+    n, d = x.shape
+    step = max(1, d // PIVOT_SAMPLE)
+    sample = x[:, ::step].double()
+    sample_ok = torch.isfinite(sample).all(dim=1)
+    dist = _nan_to_inf(torch.cdist(sample.nan_to_num(0.0, 0.0, 0.0), sample.nan_to_num(0.0, 0.0, 0.0)))
+    dist[~sample_ok] = float("inf")
+    dist[:, ~sample_ok] = float("inf")
+    spread = dist.median(dim=1).values
+    for i in torch.argsort(spread, stable=True).tolist():
+        if bool(torch.isfinite(x[i]).all()):
+            return i
+    return None
+
+
+def geometry(x: Tensor, p: float = 2.0) -> Geometry:
+    """Pairwise squared ``p``-norm distances of the rows of ``x`` (n, d).
+
+    ``p = 2`` uses the centered Gram matrix (fast); other ``p`` (``float('inf')`` for the
+    max-norm of El Mhamdi et al.'s l_inf setting) use ``torch.cdist`` in float64, O(n^2 d).
+    """
+    if not (p >= 1):
+        raise ValueError(f"distance norm needs p >= 1 (or inf), got p={p}")
+    n = x.shape[0]
+    inf = float("inf")
+    if p == 2:
+        pivot = pivot_row(x)
+        gram = centered_gram(x, None if pivot is None else x[pivot])
+        diag = gram.diagonal()
+        valid = torch.isfinite(diag)
+        sq = diag[:, None] + diag[None, :] - 2.0 * gram
+        sq = _nan_to_inf(sq).clamp_(min=0.0)
+    else:
+        gram = None
+        valid = torch.isfinite(x).all(dim=1)
+        clean = torch.where(valid[:, None], x, torch.zeros((), dtype=x.dtype)).double()
+        sq = torch.cdist(clean, clean, p=p).square_()
+        valid &= torch.isfinite(sq.diagonal()) & torch.isfinite(sq).all(dim=1)
+    sq[~valid] = inf
+    sq[:, ~valid] = inf
+    idx = torch.arange(n)
+    sq[idx[valid], idx[valid]] = 0.0
+    return Geometry(sqdist=sq, valid=valid, gram=gram, p=p)
+
+
+def rank_by_sum(costs: Tensor) -> Tensor:
+    """Order rows by the sum of their (n, k) ``costs`` rows, lowest first.
+
+    Infinite costs make plain sums useless (every row facing a Byzantine row at overflow
+    distance would tie at +inf), so rows are ranked lexicographically: fewest infinite terms
+    first, then the sum of the finite terms, then the row index.
+    """
+    finite = torch.isfinite(costs)
+    n_inf = (~finite).sum(dim=1)
+    finite_sum = torch.where(finite, costs, torch.zeros((), dtype=costs.dtype)).sum(dim=1)
+    order = torch.argsort(finite_sum, stable=True)
+    return order[torch.argsort(n_inf[order], stable=True)]
