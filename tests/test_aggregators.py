@@ -254,7 +254,7 @@ def _cases():
 
 
 @settings(max_examples=25, deadline=None)
-@given(_cases(), st.sampled_from(ROBUST + ["mean"]))
+@given(_cases(), st.sampled_from([*ROBUST, "mean"]))
 def test_permutation_invariance(case, name):
     n, d, f, seed = case
     f = min(f, 2) if name == "brute" else f
@@ -265,7 +265,7 @@ def test_permutation_invariance(case, name):
 
 
 @settings(max_examples=25, deadline=None)
-@given(_cases(), st.sampled_from(ROBUST + ["mean"]))
+@given(_cases(), st.sampled_from([*ROBUST, "mean"]))
 def test_translation_equivariance(case, name):
     n, d, f, seed = case
     f = min(f, 2) if name == "brute" else f

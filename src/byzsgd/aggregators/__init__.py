@@ -25,12 +25,12 @@ from ._base import Aggregation
 from .brute import brute_select, check_brute
 from .bulyan import bulyan_select, check_bulyan
 from .coordinatewise import (
-    check_mean,
     check_meamed,
+    check_mean,
     check_median,
     check_trimmed_mean,
-    mean_select,
     meamed_select,
+    mean_select,
     median_select,
     trimmed_mean_select,
 )
@@ -49,8 +49,8 @@ __all__ = [
     "geomed",
     "get",
     "krum",
-    "mean",
     "meamed",
+    "mean",
     "median",
     "medoid",
     "multi_krum",

@@ -55,11 +55,12 @@ def _nan_to_inf(t: Tensor) -> Tensor:
 
 def pivot_row(x: Tensor) -> int | None:
     """Index of a finite row near the bulk of the rows (None when every row is non-finite)."""
-    n, d = x.shape
+    _n, d = x.shape
     step = max(1, d // PIVOT_SAMPLE)
     sample = x[:, ::step].double()
     sample_ok = torch.isfinite(sample).all(dim=1)
-    dist = _nan_to_inf(torch.cdist(sample.nan_to_num(0.0, 0.0, 0.0), sample.nan_to_num(0.0, 0.0, 0.0)))
+    clean = sample.nan_to_num(0.0, 0.0, 0.0)
+    dist = _nan_to_inf(torch.cdist(clean, clean))
     dist[~sample_ok] = float("inf")
     dist[:, ~sample_ok] = float("inf")
     spread = dist.median(dim=1).values

@@ -1,0 +1,219 @@
+"""The ``byzsgd`` command: run, sweep, plot, list, round, demo."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import types
+import typing
+from dataclasses import fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from byzsgd.config import ConfigError, ExperimentConfig
+
+DEMO_OUT = "runs/demo"
+
+
+def _field_type(annotation: Any) -> type:
+    """The scalar type of a config field annotation like ``int | None``."""
+    if isinstance(annotation, str):
+        annotation = eval(annotation, {"Any": Any})  # annotations are postponed strings
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return args[0]
+    return annotation
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per config field (``--batch-size``), defaulting to 'not given' so that a
+    config file's values stand unless overridden; plus the repeatable K=V parameter flags."""
+    group = parser.add_argument_group("experiment (override the config file)")
+    for f in fields(ExperimentConfig):
+        kind = _field_type(f.type)
+        if kind is dict or typing.get_origin(kind) is dict:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        group.add_argument(flag, dest=f.name, type=kind, default=argparse.SUPPRESS,
+                           choices=f.metadata.get("choices"), help=f.metadata.get("help"))
+    group.add_argument("--aggregator-param", action="append", default=[], metavar="KEY=VALUE",
+                       help="rule parameter, repeatable (e.g. --aggregator-param m=5)")
+    group.add_argument("--attack-param", action="append", default=[], metavar="KEY=VALUE",
+                       help="attack parameter, repeatable (e.g. --attack-param epsilon=0.1)")
+
+
+def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    from byzsgd._params import parse_params
+
+    values = {f.name: getattr(args, f.name) for f in fields(ExperimentConfig)
+              if hasattr(args, f.name)}
+    if args.aggregator_param:
+        values["aggregator_params"] = parse_params(args.aggregator_param)
+    if args.attack_param:
+        values["attack_params"] = parse_params(args.attack_param)
+    return values
+
+
+def resolve_config(args: argparse.Namespace) -> ExperimentConfig:
+    overrides = config_overrides(args)
+    if args.config:
+        return ExperimentConfig.from_toml(args.config, overrides)
+    return ExperimentConfig.from_dict(overrides)
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from byzsgd.experiment import run
+
+    config = resolve_config(args).validate()
+    out = Path(args.out)
+    summary = run(config, out, resume=args.resume, quiet=args.quiet)
+    if not args.quiet:
+        print(f"final test accuracy {100 * summary['final_test_accuracy']:.2f}% "
+              f"(best {100 * summary['best_test_accuracy']:.2f}%), "
+              f"{summary['rounds_per_s'] or 0:.1f} rounds/s; results in {out}/")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from byzsgd.experiment import Sweep, format_table, run_sweep
+    from byzsgd.plots import plot_curves, plot_heatmap
+
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+    sweep = Sweep.from_toml(args.config, config_overrides(args), seeds)
+    table = run_sweep(sweep, args.out, jobs=args.jobs, quiet=args.quiet)
+    print(format_table(table))
+    out = Path(args.out)
+    print(f"table: {out / 'sweep.csv'}")
+    if not args.no_plot:
+        print(f"curves: {plot_curves(out, out / 'curves.png')}")
+        if "aggregator" in sweep.axes and "attack" in sweep.axes:
+            print(f"heat map: {plot_heatmap(table, out / 'heatmap.png')}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    path = resources.files("byzsgd") / "configs" / "demo.toml"
+    with resources.as_file(path) as config:
+        args.config = str(config)
+        args.seeds = None
+        return cmd_sweep(args)
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from byzsgd.experiment import SWEEP_TABLE
+    from byzsgd.plots import plot_curves, plot_heatmap
+    from byzsgd.results import read_csv
+
+    root = Path(args.runs)
+    out = Path(args.out) if args.out else root / f"curves.{args.format}"
+    print(f"curves: {plot_curves(root, out, args.metric)}")
+    table_path = root / SWEEP_TABLE
+    if table_path.exists():
+        table = [{**r, **{k: float(v) for k, v in r.items() if k.endswith(("_mean", "_std"))}}
+                 for r in read_csv(table_path)]
+        if table and "aggregator" in table[0] and "attack" in table[0]:
+            heat = out.with_name(f"heatmap{out.suffix}")
+            print(f"heat map: {plot_heatmap(table, heat)}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from byzsgd import aggregators, attacks, data, models
+
+    def section(title: str, items: list[tuple[str, str]]) -> None:
+        print(title)
+        width = max(len(n) for n, _ in items)
+        for name, text in items:
+            print(f"  {name:<{width}}  {text}")
+        print()
+
+    section("aggregation rules:", [(n, aggregators.spec(n).summary) for n in aggregators.names()])
+    section("attacks:", [(n, attacks.summary(n)) for n in attacks.names()])
+    section("data sets:", [(n, data.describe(n)) for n in data.names()])
+    section("models:", [(n, models.describe(n)) for n in models.names()])
+    return 0
+
+
+def cmd_round(args: argparse.Namespace) -> int:
+    from byzsgd import oneround
+
+    return oneround.run(args)
+
+
+# -- parser ------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="byzsgd", description="Byzantine-robust distributed SGD: does rule X survive "
+        "attack Y with f of n workers Byzantine?")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run one experiment")
+    p.add_argument("--config", help="TOML config file (flags override it)")
+    p.add_argument("--out", default="runs/run", help="results directory (default: runs/run)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in --out from its last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    add_config_flags(p)
+    p.set_defaults(func=cmd_run)
+
+    for name, func, help_text in (("sweep", cmd_sweep, "run a grid of experiments"),
+                                  ("demo", cmd_demo, "the main job: a small comparison on "
+                                                     "mnist-5k, table and plots")):
+        p = sub.add_parser(name, help=help_text)
+        if name == "sweep":
+            p.add_argument("--config", required=True,
+                           help="TOML file with [experiment] and [sweep] tables")
+            p.add_argument("--seeds", help="comma-separated seeds (override the file's)")
+            p.add_argument("--out", default="runs/sweep", help="results directory")
+        else:
+            p.add_argument("--out", default=DEMO_OUT, help="results directory")
+        p.add_argument("--jobs", type=int, default=2, help="parallel processes (default 2)")
+        p.add_argument("--quiet", action="store_true")
+        p.add_argument("--no-plot", action="store_true", help="skip the plots")
+        add_config_flags(p)
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("plot", help="plot accuracy curves (and a sweep's heat map)")
+    p.add_argument("runs", help="a run directory or a sweep directory")
+    p.add_argument("--out", help="output file (.png or .pdf)")
+    p.add_argument("--format", choices=("png", "pdf"), default="png")
+    p.add_argument("--metric", default="test_accuracy",
+                   help="metrics.csv column to plot (default test_accuracy)")
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("list", help="rules, attacks, data sets and models")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("round", help="one round: what rule X makes of attack Y on given "
+                                     "gradients (inner product, cosine, selection)")
+    from byzsgd import oneround
+
+    oneround.configure_parser(p)
+    p.set_defaults(func=cmd_round)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as e:
+        print(f"byzsgd: invalid configuration: {e}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as e:
+        print(f"byzsgd: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nbyzsgd: interrupted; `byzsgd run --resume` continues from the last "
+              "checkpoint", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

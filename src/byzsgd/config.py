@@ -1,0 +1,223 @@
+"""The experiment configuration: one typed record, from TOML and/or flags, validated before
+anything runs, written back fully resolved next to the results."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+MODES = ("gradient", "model-averaging")
+SCHEDULES = ("constant", "fading")
+BACKDOORS = ("none", "sample", "pattern")
+SELECTIONS = ("random", "fixed")
+KNOWLEDGE = ("own", "omniscient")
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; the message names the field and the constraint."""
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything that defines one run. Field help texts double as the CLI's ``--help``."""
+
+    dataset: str = _f("mnist-5k", "data set name (see `byzsgd list`)")
+    data_dir: str | None = _f(None, "directory holding data files (else $BYZSGD_DATA_DIR, "
+                                    "else the user cache)")
+    model: str = _f("mlp", "model name (see `byzsgd list`)")
+    workers: int = _f(25, "n: number of workers, Byzantine ones included")
+    byzantine: int = _f(5, "f: number of Byzantine workers (q of the generalized model)")
+    declared_f: int | None = _f(None, "f the rule is told to tolerate (default: --byzantine)")
+    aggregator: str = _f("mean", "aggregation rule (see `byzsgd list`)")
+    aggregator_params: dict[str, Any] = field(default_factory=dict,
+                                              metadata={"help": "rule parameters"})
+    attack: str = _f("none", "attack name, or none (see `byzsgd list`)")
+    attack_params: dict[str, Any] = field(default_factory=dict,
+                                          metadata={"help": "attack parameters"})
+    selection: str = _f("random", "which workers are Byzantine: random (redrawn every round) "
+                                  "or fixed (the last f)", choices=SELECTIONS)
+    knowledge: str | None = _f(None, "what the attacker reads: own (its workers' honest "
+                                     "gradients) or omniscient (all honest gradients); default: "
+                                     "the attack's own default", choices=KNOWLEDGE)
+    attack_start: int = _f(0, "first round with the attack on")
+    attack_stop: int | None = _f(None, "first round with the attack off again (default: never)")
+    mode: str = _f("gradient", "gradient: workers send gradients (Alg. 1 of Fall of Empires); "
+                               "model-averaging: workers train locally and send parameters "
+                               "(Alg. 1 of A Little Is Enough)", choices=MODES)
+    local_steps: int = _f(1, "local SGD steps per round in model-averaging mode")
+    servers: int = _f(1, "parameter servers, each aggregating its own contiguous shard of "
+                         "the parameters (Generalized Byzantine-tolerant SGD 5.5)")
+    rounds: int = _f(300, "number of rounds (server steps)")
+    batch_size: int = _f(32, "minibatch size per worker")
+    lr: float = _f(0.1, "learning rate (eta_0 for the fading schedule)")
+    lr_schedule: str = _f("constant", "constant, or fading: eta_0 * r / (epoch + r) "
+                                      "(Hidden Vulnerability 5.1)", choices=SCHEDULES)
+    lr_fading: float = _f(10000.0, "r of the fading schedule")
+    momentum: float = _f(0.0, "server SGD momentum")
+    weight_decay: float = _f(0.0, "L2 regularization (server SGD weight decay)")
+    partition: str = _f("iid", "how training data is split among workers: iid, dirichlet, "
+                               "shards")
+    partition_alpha: float = _f(1.0, "Dirichlet concentration for --partition dirichlet")
+    shards_per_worker: int = _f(2, "label-sorted shards per worker for --partition shards")
+    backdoor: str = _f("none", "backdoor task measured (and attacked by alie-backdoor): "
+                               "sample or pattern (A Little Is Enough 4.2)", choices=BACKDOORS)
+    eval_every: int = _f(50, "evaluate (and checkpoint) every this many rounds")
+    eval_train_samples: int = _f(5000, "training samples used to measure train loss")
+    seed: int = _f(0, "random seed: the same config and seed give the same numbers")
+
+    # -- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ExperimentConfig:
+        """Build from a mapping (e.g. parsed TOML); unknown keys are an error."""
+        known = set(cls.field_names())
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown config field(s): {', '.join(unknown)}; known fields: "
+                              f"{', '.join(sorted(known))}")
+        return cls(**values)
+
+    @classmethod
+    def from_toml(cls, path: str | Path, overrides: dict[str, Any] | None = None
+                  ) -> ExperimentConfig:
+        values = load_toml(path)
+        values.update(overrides or {})
+        return cls.from_dict(values)
+
+    def replace(self, **changes: Any) -> ExperimentConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def rule_f(self) -> int:
+        return self.byzantine if self.declared_f is None else self.declared_f
+
+    # -- validation ---------------------------------------------------------------------------
+
+    def validate(self) -> ExperimentConfig:
+        """Check every field and cross-field constraint that can be checked without data; the
+        experiment checks the rest (batch size vs shard size, model vs data shape) before
+        training. Raises :class:`ConfigError`."""
+        from byzsgd import aggregators, attacks, data, models
+
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices and value is not None and value not in choices:
+                raise ConfigError(f"{f.name} must be one of {', '.join(choices)}, got {value!r}")
+        _positive(self, "workers", "rounds", "batch_size", "eval_every", "local_steps",
+                  "servers", "eval_train_samples")
+        if not 0 <= self.byzantine <= self.workers:
+            raise ConfigError(f"byzantine must satisfy 0 <= f <= n (workers), got "
+                              f"f={self.byzantine}, n={self.workers}")
+        if self.rule_f < 0:
+            raise ConfigError(f"declared_f must be >= 0, got {self.declared_f}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum must satisfy 0 <= momentum < 1, got {self.momentum}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not self.lr_fading > 0:
+            raise ConfigError(f"lr_fading must be > 0, got {self.lr_fading}")
+        if self.attack_start < 0 or (self.attack_stop is not None
+                                     and self.attack_stop < self.attack_start):
+            raise ConfigError(f"attack window needs 0 <= attack_start <= attack_stop, got "
+                              f"attack_start={self.attack_start}, attack_stop={self.attack_stop}")
+        for name, known in (("dataset", data.names()), ("model", models.names())):
+            if getattr(self, name) not in known:
+                raise ConfigError(f"unknown {name} {getattr(self, name)!r}; known: "
+                                  f"{', '.join(known)}")
+        if self.partition not in data.SCHEMES:
+            raise ConfigError(f"partition must be one of {', '.join(data.SCHEMES)}, got "
+                              f"{self.partition!r}")
+        try:
+            aggregators.check(self.aggregator, self.workers, self.rule_f,
+                              **self.aggregator_params)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"aggregator: {e}") from None
+        if self.attack != "none":
+            if self.attack not in attacks.names():
+                raise ConfigError(f"unknown attack {self.attack!r}; known: none, "
+                                  f"{', '.join(attacks.names())}")
+            try:
+                attack = attacks.get(self.attack, **self.attack_params)
+            except (ValueError, TypeError) as e:
+                raise ConfigError(f"attack: {e}") from None
+            if self.byzantine == 0 and not getattr(attack, "dimensional", False):
+                raise ConfigError(f"attack {self.attack!r} needs byzantine >= 1")
+            if self.attack == "alie-backdoor" and self.backdoor == "none":
+                raise ConfigError("attack alie-backdoor needs a backdoor task: set backdoor "
+                                  "to sample or pattern")
+        if self.servers > 1 and self.mode != "gradient":
+            raise ConfigError("servers > 1 (sharded parameter servers) needs mode = gradient")
+        return self
+
+
+def _positive(cfg: ExperimentConfig, *names: str) -> None:
+    for name in names:
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML config; an optional ``[experiment]`` table may hold the fields."""
+    try:
+        with open(path, "rb") as fh:
+            values = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    return dict(values.get("experiment", values))
+
+
+def to_toml(values: dict[str, Any]) -> str:
+    """Serialize a flat config (scalars, None, and one level of tables) as TOML. ``None``
+    fields are written as comments, since TOML has no null."""
+    scalars, tables = [], []
+    for key, value in values.items():
+        if isinstance(value, dict):
+            tables.append((key, value))
+        elif value is None:
+            scalars.append(f"# {key} = (unset)")
+        else:
+            scalars.append(f"{key} = {_toml_value(value)}")
+    out = "\n".join(scalars) + "\n"
+    for key, table in tables:
+        out += f"\n[{key}]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in table.items())
+    return out
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        if isinstance(value, float) and value != value:
+            return "nan"
+        if isinstance(value, float) and value in (float("inf"), float("-inf")):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    raise TypeError(f"cannot write {type(value).__name__} to TOML: {value!r}")

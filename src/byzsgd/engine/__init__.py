@@ -1,0 +1,13 @@
+"""The training round: workers' vectors, the attack, the rule, the server step.
+
+:mod:`.flatmodel` turns a model into a function of one flat parameter vector and computes
+all workers' gradients in one batched call; :mod:`.sampler` hands each worker its minibatch;
+:mod:`.server` aggregates (optionally per parameter shard) and steps; :mod:`.simulator` runs
+the rounds in one process. The distributed runtime reuses the server and the attack code.
+"""
+
+from .flatmodel import FlatModel
+from .sampler import WorkerSampler
+from .server import Server, learning_rate
+
+__all__ = ["FlatModel", "Server", "WorkerSampler", "learning_rate"]

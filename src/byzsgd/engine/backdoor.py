@@ -1,0 +1,48 @@
+"""The backdoor tasks of A Little Is Enough, Section 4.2: what the attacker trains for, and
+how its success is measured."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from byzsgd.data import Dataset, apply_pattern
+from byzsgd.seeding import generator_for
+
+#: Images the pattern attacker draws per round ("randomly samples 1000 images").
+PATTERN_SAMPLES = 1000
+PATTERN_TARGET = 0
+
+
+@dataclass
+class BackdoorTask:
+    kind: str
+    dataset: Dataset
+    seed: int
+
+    def attacker_batch(self, t: int) -> tuple[Tensor, Tensor]:
+        """The inputs and attacker-chosen labels of round t.
+
+        ``sample``: the first training image, relabelled (y + 1) mod K (the paper picks one of
+        the first 3 images). ``pattern``: 1,000 random training images with the 5x5
+        upper-left pattern, all labelled 0.
+        """
+        ds = self.dataset
+        if self.kind == "sample":
+            return ds.x_train[:1], (ds.y_train[:1] + 1) % ds.num_classes
+        g = generator_for(self.seed, "backdoor", t)
+        idx = torch.randint(len(ds.y_train), (PATTERN_SAMPLES,), generator=g)
+        x = apply_pattern(ds.x_train[idx])
+        return x, torch.full((PATTERN_SAMPLES,), PATTERN_TARGET, dtype=torch.long)
+
+    def test_batch(self) -> tuple[Tensor, Tensor]:
+        """Inputs on which success is measured, with the attacker's targets: the backdoored
+        sample itself, or the pattern applied to the test images not already of class 0."""
+        ds = self.dataset
+        if self.kind == "sample":
+            return self.attacker_batch(0)
+        keep = ds.y_test != PATTERN_TARGET
+        x = apply_pattern(ds.x_test[keep])
+        return x, torch.full((x.shape[0],), PATTERN_TARGET, dtype=torch.long)

@@ -1,0 +1,68 @@
+"""A model as a function of one flat parameter vector; all workers' gradients at once."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+
+
+class FlatModel:
+    """Wraps ``module`` so that its parameters travel as one flat float32 vector of length d
+    (the convention of the whole library: gradients are (n, d) tensors, flattened once, here).
+
+    ``batched`` chooses how the n workers' gradients are computed: one ``torch.func.vmap``
+    over workers (default for models without convolutions, measured faster for the MLPs), or
+    a Python loop (conv nets, where vmap's batched convolutions were slower here).
+    """
+
+    def __init__(self, module: nn.Module, *, batched: bool | None = None) -> None:
+        self.module = module
+        self.names = [name for name, _ in module.named_parameters()]
+        self.shapes = [p.shape for _, p in module.named_parameters()]
+        self.numels = [p.numel() for _, p in module.named_parameters()]
+        self.d = sum(self.numels)
+        if batched is None:
+            batched = not any(isinstance(m, nn.modules.conv._ConvNd) for m in module.modules())
+        self.batched = batched
+        self._worker_grad = vmap(grad(self.loss), in_dims=(None, 0, 0), randomness="different")
+        self._local_grad = vmap(grad(self.loss), in_dims=(0, 0, 0), randomness="different")
+        self._grad = grad(self.loss)
+
+    def initial(self) -> Tensor:
+        """The module's current parameters as a flat vector (a copy)."""
+        return torch.cat([p.detach().reshape(-1) for p in self.module.parameters()]).clone()
+
+    def unflatten(self, theta: Tensor) -> dict[str, Tensor]:
+        return {name: chunk.view(shape) for name, chunk, shape in
+                zip(self.names, torch.split(theta, self.numels), self.shapes, strict=True)}
+
+    def logits(self, theta: Tensor, x: Tensor) -> Tensor:
+        return functional_call(self.module, self.unflatten(theta), (x,))
+
+    def loss(self, theta: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        """Mean cross-entropy of the minibatch (x, y) at parameters ``theta``."""
+        return F.cross_entropy(self.logits(theta, x), y)
+
+    def worker_gradients(self, theta: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        """Gradients (n, d) of n workers at the same parameters; x is (n, b, C, H, W)."""
+        self.module.train()
+        if self.batched:
+            return self._worker_grad(theta, x, y)
+        return torch.stack([self._grad(theta, x[i], y[i]) for i in range(x.shape[0])])
+
+    def local_gradients(self, thetas: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        """Gradients (n, d) of n workers each at its own parameters ``thetas`` (n, d)."""
+        self.module.train()
+        if self.batched:
+            return self._local_grad(thetas, x, y)
+        return torch.stack([self._grad(thetas[i], x[i], y[i]) for i in range(x.shape[0])])
+
+    @torch.no_grad()
+    def predict(self, theta: Tensor, x: Tensor, batch: int = 2048) -> Tensor:
+        """Logits for ``x`` in evaluation mode (dropout off), in chunks."""
+        self.module.eval()
+        params = self.unflatten(theta)
+        return torch.cat([functional_call(self.module, params, (x[i:i + batch],))
+                          for i in range(0, x.shape[0], batch)])

@@ -1,0 +1,83 @@
+"""The parameter server's step: aggregate the n received vectors, update the parameters.
+
+Shared by the single-process simulator and the distributed runtime.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from byzsgd.aggregators import BoundRule
+
+
+def learning_rate(lr: float, schedule: str, t: int, fading: float) -> float:
+    """The step size of round t: constant, or the fading rate
+    ``eta_0 * r / (t + r)`` of Hidden Vulnerability 5.1 (the paper's "epoch" is one step)."""
+    if schedule == "constant":
+        return lr
+    if schedule == "fading":
+        return lr * fading / (t + fading)
+    raise ValueError(f"unknown learning-rate schedule {schedule!r}; use constant or fading")
+
+
+@dataclass
+class Aggregate:
+    """What the server made of one round's vectors."""
+
+    value: Tensor
+    #: Rows selected by a selection-based rule, per shard (None for other rules).
+    selected: list[Tensor] | None
+
+
+class Server:
+    """SGD with momentum and weight decay on a flat parameter vector, fed by a robust rule.
+
+    With ``servers = S > 1`` the coordinates are split into S contiguous shards, each
+    aggregated on its own by the same rule, as S parameter servers that do not talk to each
+    other would (Generalized Byzantine-tolerant SGD 5.5): identical to one server for
+    coordinate-wise rules, a different (per-shard) selection for Krum and the like.
+    """
+
+    def __init__(self, rule: BoundRule, d: int, *, servers: int = 1, momentum: float = 0.0,
+                 weight_decay: float = 0.0) -> None:
+        if not 1 <= servers <= d:
+            raise ValueError(f"servers must satisfy 1 <= servers <= d={d}, got {servers}")
+        self.rule = rule
+        self.d = d
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        bounds = torch.linspace(0, d, servers + 1).round().long().tolist()
+        self.shards = list(itertools.pairwise(bounds))
+        self.buffer: Tensor | None = None
+
+    def aggregate(self, vectors: Tensor) -> Aggregate:
+        if len(self.shards) == 1:
+            result = self.rule.select(vectors)
+            selected = None if result.selected is None else [result.selected]
+            return Aggregate(result.value, selected)
+        parts = [self.rule.select(vectors[:, a:b]) for a, b in self.shards]
+        value = torch.cat([p.value for p in parts])
+        selected = None if parts[0].selected is None else [p.selected for p in parts]
+        return Aggregate(value, selected)
+
+    def step(self, theta: Tensor, direction: Tensor, lr: float) -> Tensor:
+        """``theta - lr * v`` where v is ``direction + weight_decay * theta`` passed through
+        heavy-ball momentum (torch.optim.SGD's convention, no dampening)."""
+        g = direction + self.weight_decay * theta if self.weight_decay else direction
+        if self.momentum:
+            if self.buffer is None:
+                self.buffer = g.clone()
+            else:
+                self.buffer.mul_(self.momentum).add_(g)
+            g = self.buffer
+        return theta - lr * g
+
+    def state_dict(self) -> dict[str, Tensor | None]:
+        return {"buffer": self.buffer}
+
+    def load_state_dict(self, state: dict[str, Tensor | None]) -> None:
+        self.buffer = state["buffer"]
