@@ -131,7 +131,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         print()
 
     section("aggregation rules:", [(n, aggregators.spec(n).summary) for n in aggregators.names()])
-    section("attacks:", [(n, attacks.summary(n)) for n in attacks.names()])
+    section("attacks:", [(n, attacks.describe(n)) for n in attacks.names()])
     section("data sets:", [(n, data.describe(n)) for n in data.names()])
     section("models:", [(n, models.describe(n)) for n in models.names()])
     return 0

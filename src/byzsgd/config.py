@@ -158,8 +158,11 @@ class ExperimentConfig:
             if self.attack not in attacks.names():
                 raise ConfigError(f"unknown attack {self.attack!r}; known: none, "
                                   f"{', '.join(attacks.names())}")
+            params = dict(self.attack_params)
+            if self.knowledge is not None:
+                params["knowledge"] = self.knowledge
             try:
-                attack = attacks.get(self.attack, **self.attack_params)
+                attack = attacks.get(self.attack, **params)
             except (ValueError, TypeError) as e:
                 raise ConfigError(f"attack: {e}") from None
             if self.byzantine == 0 and not getattr(attack, "dimensional", False):

@@ -1,0 +1,158 @@
+"""A Little Is Enough (Baruch et al., 2019): shift every coordinate by z standard deviations
+(Section 3.1-3.3, Algorithm 3), or optimize a backdoor inside that range (3.4, Algorithm 4).
+
+mu and sigma are estimated per coordinate from the gradients the attack reads: by default the
+f gradients the Byzantine workers computed honestly (``own``, Algorithm 3 line 1), or the
+honest gradients of the round with ``knowledge="omniscient"``. sigma is the sample standard
+deviation with Bessel's correction (an estimate of the population's sigma from few samples);
+with a single sample (f = 1, or one honest row) it is taken to be 0, so the attack then sends
+mu, its only sample, unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+
+import torch
+from torch import Tensor
+
+from ._base import BackdoorLoss, ClassicAttack, Context, check_float, check_int
+
+
+def alie_z_max(n: int, f: int) -> float:
+    """The largest shift, in standard deviations, that stays the median with high
+    probability (A Little Is Enough, 3.1 and Algorithm 3 lines 2-3).
+
+    ``s = floor(n/2 + 1) - f`` correct workers must be "seduced" for the f attackers to hold
+    a majority, and ``z_max = max{z : Phi(z) < (n - s)/n}``, computed as ``Phi^{-1}((n - s)/n)``
+    (the supremum). ``alie_z_max(50, 24)`` is 1.7507 (the paper's 1.75);
+    ``alie_z_max(51, 12)`` (the paper's experimental setting, s = 14) is 0.598.
+
+    Raises ``ValueError`` unless ``0 <= f <= n``, when ``s <= 0`` (the attackers already hold
+    a majority: they set the median themselves and no z bound applies; choose z explicitly),
+    and when ``(n - s)/n = 0`` (n <= 2 and f = 0: no z has Phi(z) < 0).
+    """
+    n = check_int("alie", "n", n, minimum=1, constraint="n >= 1")
+    f = check_int("alie", "f", f, minimum=0, maximum=n, constraint="0 <= f <= n")
+    s = math.floor(n / 2 + 1) - f
+    if s <= 0:
+        raise ValueError(f"alie: z_max needs s = floor(n/2 + 1) - f > 0, i.e. f <= "
+                         f"{math.floor(n / 2)} (a minority to seduce correct workers), got "
+                         f"n={n}, f={f} (s={s}: the attackers already hold a majority); "
+                         f"pass z explicitly")
+    p = (n - s) / n
+    if p <= 0:
+        raise ValueError(f"alie: z_max undefined for n={n}, f={f}: s={s} leaves "
+                         f"(n - s)/n = 0 and no z has Phi(z) < 0")
+    return NormalDist().inv_cdf(p)
+
+
+def mean_std(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-coordinate mean and sample standard deviation (Bessel-corrected; 0 for one row)."""
+    x = x.detach()
+    mu = x.mean(dim=0)
+    if x.shape[0] < 2:
+        return mu, torch.zeros_like(mu)
+    return mu, x.std(dim=0, correction=1)
+
+
+class _AlieBase(ClassicAttack):
+    supported_knowledge = ("own", "omniscient")
+
+    def __init__(self, *, z: float | None, knowledge: str | None) -> None:
+        super().__init__(knowledge=knowledge)
+        self.z = None if z is None else check_float(self.name, "z", z)
+
+    def z_for(self, ctx: Context) -> float:
+        """The given z, or z_max(n, f)."""
+        if self.z is not None:
+            return self.z
+        return alie_z_max(ctx.need_n(), ctx.f)
+
+
+class Alie(_AlieBase):
+    """Convergence prevention (A Little Is Enough, Algorithm 3): every Byzantine worker sends
+    ``mu + z * sigma`` (per coordinate). ``z`` defaults to :func:`alie_z_max` (n, f); pass it
+    explicitly when the attackers hold a majority (the paper's Table 1 shifts all workers,
+    f = n, with z in {0.5, 1, 1.5}) or to use the experiments' z = 1.5 (MNIST), 1 (CIFAR10).
+    """
+
+    name = "alie"
+    summary = "mu + z*sigma per coordinate, z = z_max(n, f) (Baruch et al., Algorithm 3)"
+
+    def __init__(self, *, z: float | None = None, knowledge: str | None = None) -> None:
+        super().__init__(z=z, knowledge=knowledge)
+
+    def forge(self, ctx: Context) -> Tensor:
+        z = self.z_for(ctx)
+        mu, sigma = mean_std(ctx.source(self.knowledge))
+        return ctx.rows(mu + z * sigma)
+
+
+class AlieBackdoor(_AlieBase):
+    """Backdoor attack (A Little Is Enough, 3.4 and Algorithm 4).
+
+    Starting from v = mu, run ``steps`` steps of gradient descent with learning rate ``lr``
+    on
+
+        Loss(v) = alpha * l_backdoor(v) + (1 - alpha) * l_delta(v),             (eq. 3)
+        l_delta(v) = sum_j ((v_j - mu_j) / max(z * sigma_j, 1e-5))^2,           (eq. 4)
+
+    then clamp each coordinate to ``mu_j +/- z * sigma_j`` and send that vector from every
+    Byzantine worker. ``l_backdoor`` is the engine's ``backdoor_loss`` keyword: a
+    differentiable function of the candidate vector v (d,) returning the scalar loss (cross
+    entropy on the backdoor samples with the attacker's targets, for the model v produces).
+
+    The descent runs on the normalized coordinates u = (v - mu) / max(z sigma, 1e-5), where
+    l_delta = |u|^2 (i.e. gradient descent on v preconditioned by max(z sigma, 1e-5)^2). On v
+    itself the penalty's curvature 2 (1 - alpha) / (z sigma_j)^2 makes any fixed step diverge
+    for small sigma; on u it is 2 (1 - alpha) for every coordinate, so ``lr = 0.5`` contracts
+    the penalty by |1 - (1 - alpha)| = alpha per step and 5 steps land near the minimizer of
+    eq. 3, whose backdoor loss is at most that of mu. (Adam, tried first, oscillates around
+    that minimizer, which lies deep inside the range when the penalty dominates.)
+
+    Defaults follow the paper's backdoor experiments (4.2): alpha = z = 0.2 and 5 training
+    rounds. Note that z defaults to 0.2 there, not to z_max (pass ``z=None`` for z_max(n, f)).
+    """
+
+    name = "alie-backdoor"
+    summary = ("optimize a backdoor within mu +/- z*sigma, alpha=z=0.2 (Baruch et al., "
+               "Algorithm 4)")
+
+    def __init__(self, *, alpha: float = 0.2, z: float | None = 0.2, steps: int = 5,
+                 lr: float = 0.5, knowledge: str | None = None) -> None:
+        super().__init__(z=z, knowledge=knowledge)
+        self.alpha = check_float(self.name, "alpha", alpha, minimum=0.0, maximum=1.0)
+        if self.z is not None and self.z < 0:
+            raise ValueError(f"{self.name}: z must be >= 0 (the range is mu +/- z*sigma), "
+                             f"got z={z}")
+        self.steps = check_int(self.name, "steps", steps, minimum=0, constraint="steps >= 0")
+        self.lr = check_float(self.name, "lr", lr, positive=True)
+
+    def forge(self, ctx: Context) -> Tensor:
+        loss_fn: BackdoorLoss | None = ctx.extra.get("backdoor_loss")
+        if not callable(loss_fn):
+            raise ValueError(f"{self.name}: needs backdoor_loss= (a differentiable function "
+                             f"of a candidate vector (d,) returning the scalar backdoor loss)")
+        z = self.z_for(ctx)
+        if z < 0:
+            raise ValueError(f"{self.name}: z must be >= 0, got z_max={z} for n={ctx.n}, "
+                             f"f={ctx.f}; pass z explicitly")
+        mu, sigma = mean_std(ctx.source(self.knowledge))
+        bound = z * sigma
+        scale = bound.clamp(min=1e-5)
+        u = torch.zeros_like(mu, requires_grad=True)
+        with torch.enable_grad():
+            optimizer = torch.optim.SGD([u], lr=self.lr)
+            for _ in range(self.steps):
+                optimizer.zero_grad()
+                backdoor = loss_fn(mu + scale * u)
+                if not isinstance(backdoor, Tensor) or backdoor.numel() != 1:
+                    raise ValueError(f"{self.name}: backdoor_loss must return a scalar "
+                                     f"tensor, got {type(backdoor).__name__}")
+                loss = self.alpha * backdoor.reshape(()) + (1 - self.alpha) * u.square().sum()
+                loss.backward()
+                optimizer.step()
+        v = mu + scale * u.detach()
+        return ctx.rows(torch.maximum(mu - bound, torch.minimum(v, mu + bound)))

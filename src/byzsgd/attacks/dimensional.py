@@ -1,0 +1,127 @@
+"""Attacks in the generalized Byzantine model (Xie et al., Generalized Byzantine-tolerant SGD,
+Definition 4): individual values anywhere in the (n, d) matrix of received vectors are
+replaced, so every row may be partly Byzantine. Section 5.4 (bit-flip) and 5.5 (gambler).
+
+Both are "realistic" attackers (5.4) that read nothing but the values they corrupt: their
+``knowledge`` is ``"none"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor
+
+from ._base import DimensionalAttack, check_float, check_int
+
+
+def flip_mask(bits: Iterable[int]) -> int:
+    """The signed int32 with the given bits set (1-based from the least-significant bit)."""
+    mask = 0
+    for b in bits:
+        mask |= 1 << (b - 1)
+    return mask - (1 << 32) if mask >= 1 << 31 else mask
+
+
+def flip_bits(values: Tensor, bits: Iterable[int]) -> Tensor:
+    """``values`` with the given ``bits`` of their IEEE-754 float32 representation flipped.
+
+    Bits are numbered from 1 at the least-significant bit of the float32: 1-23 are the
+    mantissa, 24-31 the exponent (31 its most significant bit), 32 the sign. So flipping bit
+    32 of 1.0 gives -1.0, and flipping bits 22, 30, 31, 32 of 1.0 (0x3F800000 ^ 0xE0200000 =
+    0xDFA00000) gives -1.25 * 2^64. Values of another dtype are converted to float32 first
+    (the value a worker would send) and the result converted back. Returns a new tensor.
+    """
+    v = values.detach().to(torch.float32, copy=True).contiguous()
+    flipped = torch.bitwise_xor(v.view(torch.int32),
+                                torch.tensor(flip_mask(bits), dtype=torch.int32))
+    return flipped.view(torch.float32).to(values.dtype)
+
+
+class BitFlip(DimensionalAttack):
+    """Bit-flip attack (Generalized Byzantine-tolerant SGD, 5.4): for each of the first
+    ``coordinates`` coordinates (1000 in the paper; all of them when ``None``; at most d),
+    ``per_coordinate`` of the n values (1 of 20 in the paper), in rows drawn at random
+    independently per coordinate, have ``bits`` flipped (22, 30, 31 and 32 in the paper;
+    numbering as in :func:`flip_bits`: 1-based from the float32's least-significant bit,
+    32 = sign, 24-31 = exponent, 1-23 = mantissa)."""
+
+    name = "bit-flip"
+    summary = ("flip bits 22,30,31,32 of 1 of the n values of each of the first 1000 "
+               "coordinates (Xie et al., Generalized 5.4)")
+    supported_knowledge = ("none",)
+
+    def __init__(self, *, coordinates: int | None = 1000, per_coordinate: int = 1,
+                 bits: Iterable[int] | int = (22, 30, 31, 32),
+                 knowledge: str | None = None) -> None:
+        super().__init__(knowledge=knowledge)
+        self.coordinates = None if coordinates is None else check_int(
+            self.name, "coordinates", coordinates, minimum=0, constraint="coordinates >= 0")
+        self.per_coordinate = check_int(self.name, "per_coordinate", per_coordinate,
+                                        minimum=0, constraint="per_coordinate >= 0")
+        bits_t = (bits,) if isinstance(bits, int) else tuple(bits)
+        if not bits_t:
+            raise ValueError(f"{self.name}: bits must name at least one bit in 1..32")
+        for b in bits_t:
+            check_int(self.name, "bits", b, minimum=1, maximum=32,
+                      constraint="1 <= bit <= 32 (1 = least significant, 32 = sign)")
+        if len(set(bits_t)) != len(bits_t):
+            raise ValueError(f"{self.name}: bits must be distinct (a bit flipped twice is "
+                             f"unchanged), got bits={bits_t}")
+        self.bits: tuple[int, ...] = bits_t
+
+    def corrupt(self, gradients: Tensor,
+                generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        n, d = gradients.shape
+        q = check_int(self.name, "per_coordinate", self.per_coordinate, maximum=n,
+                      constraint=f"per_coordinate <= n={n}")
+        k = d if self.coordinates is None else min(self.coordinates, d)
+        mask = torch.zeros((n, d), dtype=torch.bool)
+        if q and k:
+            rows = torch.rand((n, k), generator=generator).argsort(dim=0)[:q]
+            mask[rows, torch.arange(k).expand(q, k)] = True
+        out = gradients.detach().clone()
+        out[mask] = flip_bits(out[mask], self.bits)
+        return out, mask
+
+
+class Gambler(DimensionalAttack):
+    """Gambler (Generalized Byzantine-tolerant SGD, 5.5): the coordinates are split evenly
+    into ``servers`` contiguous shards (20 in the paper; the first ``d % servers`` shards hold
+    one more coordinate, as ``torch.tensor_split``); on the one attacked shard ``server``,
+    every received value, from every worker, is multiplied by ``scale`` (-1e20) with
+    probability ``probability`` (0.05%), independently."""
+
+    name = "gambler"
+    summary = ("on one of 20 parameter servers, multiply each value by -1e20 with "
+               "probability 0.05% (Xie et al., Generalized 5.5)")
+    supported_knowledge = ("none",)
+
+    def __init__(self, *, servers: int = 20, server: int = 0, probability: float = 0.0005,
+                 scale: float = -1e20, knowledge: str | None = None) -> None:
+        super().__init__(knowledge=knowledge)
+        self.servers = check_int(self.name, "servers", servers, minimum=1,
+                                 constraint="servers >= 1")
+        self.server = check_int(self.name, "server", server, minimum=0, maximum=servers - 1,
+                                constraint="0 <= server < servers")
+        self.probability = check_float(self.name, "probability", probability, minimum=0.0,
+                                       maximum=1.0)
+        self.scale = check_float(self.name, "scale", scale)
+
+    def shard(self, d: int) -> tuple[int, int]:
+        """The attacked coordinates ``[start, stop)`` of a d-dimensional vector."""
+        size, extra = divmod(d, self.servers)
+        start = self.server * size + min(self.server, extra)
+        return start, start + size + (1 if self.server < extra else 0)
+
+    def corrupt(self, gradients: Tensor,
+                generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        n, d = gradients.shape
+        start, stop = self.shard(d)
+        mask = torch.zeros((n, d), dtype=torch.bool)
+        mask[:, start:stop] = torch.rand((n, stop - start), generator=generator) \
+            < self.probability
+        out = gradients.detach().clone()
+        out[mask] = out[mask] * self.scale
+        return out, mask

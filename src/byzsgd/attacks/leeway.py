@@ -1,0 +1,183 @@
+"""The attack of El Mhamdi et al. on l_p-norm-based rules (The Hidden Vulnerability of
+Distributed Learning in Byzantium, Section 3.2-3.3, Appendix B).
+
+Every Byzantine worker sends ``B(gamma_m) = mean(honest) + gamma_m * E`` where ``E`` is one
+coordinate ``e_k`` (3.2, finite p) or the all-ones vector (3.3, infinite norm) and gamma_m is
+the largest gamma for which the deployed rule still selects a Byzantine vector. The paper
+estimates gamma_m "by a simple linear regression"; here it is searched directly by asking the
+rule: the input (n, d) is the h honest rows followed by f copies of B(gamma), and B is
+selected when any index >= h is in ``rule.select(input).selected``.
+
+Search: gamma starts at the spread of the honest rows (the root mean square deviation of
+their values from the mean, 1 when that is 0) and doubles while B(gamma) is selected; the
+last selected and the first unselected gammas are then bisected until they are within a
+relative tolerance ``tol``. If B(gamma) is not selected even for the smallest gammas tried,
+the result is gamma = 0 (B = the mean). This finds the first boundary along the doubling
+sequence; selection is usually, not provably, monotone in gamma.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from ._base import ClassicAttack, Context, check_float, check_int
+from .alie import mean_std
+
+if TYPE_CHECKING:
+    from byzsgd.aggregators import BoundRule
+
+
+class _Leeway(ClassicAttack):
+    supported_knowledge = ("omniscient", "own")
+
+    def __init__(self, *, sign: int = 1, tol: float = 1e-3, max_steps: int = 200,
+                 gamma: float | None = None, knowledge: str | None = None) -> None:
+        super().__init__(knowledge=knowledge)
+        if sign not in (1, -1) or isinstance(sign, bool):
+            raise ValueError(f"{self.name}: sign must be +1 or -1, got sign={sign!r}")
+        self.sign = int(sign)
+        self.tol = check_float(self.name, "tol", tol, positive=True)
+        self.max_steps = check_int(self.name, "max_steps", max_steps, minimum=1,
+                                   constraint="max_steps >= 1")
+        self.gamma = None if gamma is None else check_float(self.name, "gamma", gamma)
+        #: The signed gamma used in the last call (searched, or the fixed ``gamma``).
+        self.last_gamma: float | None = None
+
+    def __call__(self, **kwargs: Any) -> Tensor:
+        self.last_gamma = None
+        return super().__call__(**kwargs)
+
+    def direction(self, d: int, dtype: torch.dtype) -> Tensor:
+        raise NotImplementedError
+
+    def forge(self, ctx: Context) -> Tensor:
+        center_from = ctx.source(self.knowledge)
+        center = center_from.detach().mean(dim=0)
+        e = self.direction(ctx.d, center.dtype)
+        if self.gamma is not None:
+            self.last_gamma = self.gamma
+            return ctx.rows(center + self.gamma * e)
+        rule = self._rule(ctx)
+        if self.knowledge == "omniscient":
+            honest = ctx.need_honest()
+        else:
+            honest = self._simulated_honest(ctx, center_from)
+        magnitude = self.search(rule, honest.detach(), center, self.sign * e, ctx.f)
+        self.last_gamma = self.sign * magnitude
+        return ctx.rows(center + self.last_gamma * e)
+
+    def _rule(self, ctx: Context) -> BoundRule:
+        rule = ctx.rule
+        if rule is None or not hasattr(rule, "select"):
+            raise ValueError(f"{self.name}: needs rule= (the deployed BoundRule) to search "
+                             f"gamma_m, or a fixed gamma=")
+        if not rule.selects_rows:
+            raise ValueError(f"{self.name}: rule {rule.name!r} does not select rows, so "
+                             f"'gamma_m, the largest gamma whose B(gamma) is selected' is "
+                             f"undefined; use a selection-based rule (krum, multi-krum, "
+                             f"medoid, brute, bulyan) or pass a fixed gamma=")
+        return rule
+
+    def _simulated_honest(self, ctx: Context, own: Tensor) -> Tensor:
+        """Without the honest gradients, the attacker searches against h rows drawn from
+        the per-coordinate normal model of Hidden Vulnerability B.1 fitted to its own f
+        gradients (mean and Bessel-corrected standard deviation)."""
+        n = ctx.need_n()
+        mu, sigma = mean_std(own)
+        noise = torch.randn((n - ctx.f, ctx.d), generator=ctx.generator, dtype=torch.float64)
+        return (mu.double() + noise * sigma.double()).to(own.dtype)
+
+    def selected(self, rule: BoundRule, honest: Tensor, byzantine: Tensor, f: int) -> bool:
+        """Whether ``rule`` selects one of the f copies of ``byzantine`` (d,) appended to
+        ``honest``."""
+        h = honest.shape[0]
+        x = torch.cat([honest, byzantine.to(honest.dtype).expand(f, -1)])
+        chosen = rule.select(x).selected
+        return chosen is not None and bool((chosen >= h).any())
+
+    def search(self, rule: BoundRule, honest: Tensor, center: Tensor, e: Tensor,
+               f: int) -> float:
+        """The largest gamma >= 0 (to relative tolerance ``tol``) such that
+        ``center + gamma * e`` is selected; 0 when no tried gamma > 0 is."""
+        spread = float((honest - center).double().square().mean().sqrt()) if honest.numel() \
+            else 0.0
+        start = spread if math.isfinite(spread) and spread > 0 else 1.0
+        gamma = start
+        steps = 0
+        lo, hi = 0.0, None
+        while steps < self.max_steps:
+            steps += 1
+            if self.selected(rule, honest, center + gamma * e, f):
+                lo = gamma
+                gamma *= 2.0
+                if not math.isfinite(gamma):
+                    return lo
+            else:
+                hi = gamma
+                break
+        if hi is None:
+            return lo
+        while steps < self.max_steps and hi - lo > self.tol * lo:
+            steps += 1
+            mid = (lo + hi) / 2 if lo > 0 else hi / 2
+            if lo == 0 and mid < start * 2.0 ** -60:
+                break  # never selected above 0: give up, gamma_m = 0
+            if self.selected(rule, honest, center + mid * e, f):
+                lo = mid
+            else:
+                hi = mid
+        return lo
+
+
+class LpCoordinate(_Leeway):
+    """Attack on finite-norm rules (Hidden Vulnerability 3.2): ``E = e_coordinate``.
+
+    Parameters: ``coordinate`` (index of the attacked coordinate, 0-based), ``sign``
+    (+1/-1), ``tol`` (relative tolerance of the search), ``max_steps`` (rule evaluations),
+    ``gamma`` (a fixed gamma, skipping the search; any rule then works), ``knowledge``
+    (``"omniscient"``: center on the honest mean and search against the honest rows;
+    ``"own"``: the variant the paper notes, centered on ``own.mean(0)``, searching against
+    honest rows simulated from the attackers' own gradients, see ``_simulated_honest``).
+    ``last_gamma`` records the signed gamma of the last call.
+    """
+
+    name = "lp-coordinate"
+    summary = ("mean(honest) + gamma_m e_k, gamma_m the largest still selected (El Mhamdi "
+               "et al. 3.2)")
+
+    def __init__(self, *, coordinate: int = 0, sign: int = 1, tol: float = 1e-3,
+                 max_steps: int = 200, gamma: float | None = None,
+                 knowledge: str | None = None) -> None:
+        super().__init__(sign=sign, tol=tol, max_steps=max_steps, gamma=gamma,
+                         knowledge=knowledge)
+        self.coordinate = check_int(self.name, "coordinate", coordinate, minimum=0,
+                                    constraint="coordinate >= 0")
+
+    def direction(self, d: int, dtype: torch.dtype) -> Tensor:
+        if self.coordinate >= d:
+            raise ValueError(f"{self.name}: coordinate must satisfy 0 <= coordinate < d={d}, "
+                             f"got coordinate={self.coordinate}")
+        e = torch.zeros(d, dtype=dtype)
+        e[self.coordinate] = 1.0
+        return e
+
+
+class Linf(_Leeway):
+    """Attack on the infinite norm (Hidden Vulnerability 3.3): ``E = (1, ..., 1)``; the
+    same search and parameters as ``lp-coordinate`` (without ``coordinate``)."""
+
+    name = "linf"
+    summary = ("mean(honest) + gamma_m (1,...,1), gamma_m the largest still selected "
+               "(El Mhamdi et al. 3.3)")
+
+    def __init__(self, *, sign: int = 1, tol: float = 1e-3, max_steps: int = 200,
+                 gamma: float | None = None, knowledge: str | None = None) -> None:
+        super().__init__(sign=sign, tol=tol, max_steps=max_steps, gamma=gamma,
+                         knowledge=knowledge)
+
+    def direction(self, d: int, dtype: torch.dtype) -> Tensor:
+        return torch.ones(d, dtype=dtype)
