@@ -219,16 +219,20 @@ def test_z_max_validation():
 
 
 def test_alie_exact():
-    honest, own = data(h=8, f=3, d=6)
-    out = A.get("alie", z=1.5)(honest=honest, own=own, f=3)
-    assert torch.equal(out, (own.mean(0) + 1.5 * own.std(0)).expand(3, -1))
-    out = A.get("alie", z=1.0, knowledge="omniscient")(honest=honest, own=own, f=3)
-    assert torch.equal(out, (honest.mean(0) + 1.0 * honest.std(0)).expand(3, -1))
+    """mu + z * sigma (sigma the Bessel-corrected std), equal rows; float64 so the only
+    difference from torch's own std is rounding."""
+    honest, own = (t.double() for t in data(h=8, f=3, d=6))
+
+    def same(out, ref):
+        assert torch.allclose(out, ref.expand(3, -1), rtol=1e-12, atol=0)
+        assert torch.equal(out, out[:1].expand(3, -1))
+
+    same(A.get("alie", z=1.5)(honest=honest, own=own, f=3), own.mean(0) + 1.5 * own.std(0))
+    same(A.get("alie", z=1.0, knowledge="omniscient")(honest=honest, own=own, f=3),
+         honest.mean(0) + 1.0 * honest.std(0))
     z = alie_z_max(11, 3)
-    out = A.get("alie")(honest=honest, own=own, f=3)           # n = h + f = 11
-    assert torch.equal(out, (own.mean(0) + z * own.std(0)).expand(3, -1))
-    out = A.get("alie")(own=own, f=3, n=11)
-    assert torch.equal(out, (own.mean(0) + z * own.std(0)).expand(3, -1))
+    same(A.get("alie")(honest=honest, own=own, f=3), own.mean(0) + z * own.std(0))  # n = h + f
+    same(A.get("alie")(own=own, f=3, n=11), own.mean(0) + z * own.std(0))
 
 
 def test_alie_all_workers_and_single_sample():

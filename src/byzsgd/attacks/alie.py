@@ -54,7 +54,8 @@ def mean_std(x: Tensor) -> tuple[Tensor, Tensor]:
     mu = x.mean(dim=0)
     if x.shape[0] < 2:
         return mu, torch.zeros_like(mu)
-    return mu, x.std(dim=0, correction=1)
+    # Two-pass sum of squares: torch's std over dim 0 is ~40x slower on (f, d) inputs.
+    return mu, (x - mu).square_().sum(dim=0).div_(x.shape[0] - 1).sqrt_()
 
 
 class _AlieBase(ClassicAttack):

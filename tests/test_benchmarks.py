@@ -1,0 +1,31 @@
+"""The benchmarks stay runnable (their numbers are read by people, not asserted here)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(*args: str) -> str:
+    result = subprocess.run([sys.executable, *args], capture_output=True, text=True,
+                            cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.mark.slow
+def test_aggregators_benchmark_quick():
+    out = run_script("benchmarks/aggregators.py", "--quick")
+    for rule in ("median", "krum", "bulyan", "sum(0) read"):
+        assert rule in out
+
+
+@pytest.mark.slow
+def test_rounds_benchmark_short():
+    out = run_script("benchmarks/rounds.py", "--rounds", "4", "--warmup", "1")
+    assert "median" in out and "krum" in out and "rounds/s" in out
