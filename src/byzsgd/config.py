@@ -130,6 +130,8 @@ class ExperimentConfig:
                               f"f={self.byzantine}, n={self.workers}")
         if self.rule_f < 0:
             raise ConfigError(f"declared_f must be >= 0, got {self.declared_f}")
+        if self.seed < 0:
+            raise ConfigError(f"seed must be >= 0, got {self.seed}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if not 0 <= self.momentum < 1:
