@@ -103,3 +103,14 @@ def test_console_script_demo_end_to_end(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "final acc" in result.stdout and "heatmap.png" in result.stdout
     assert len(read_csv(tmp_path / "demo" / "sweep.csv")) == 12
+
+
+def test_run_never_silently_replaces_a_previous_run(tmp_path, capsys):
+    out = str(tmp_path / "r")
+    assert main(["run", *FAST, "--out", out]) == 0
+    before = (Path(out) / "metrics.csv").read_text()
+    assert main(["run", *FAST, "--lr", "0.1", "--out", out]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (Path(out) / "metrics.csv").read_text() == before
+    assert main(["run", *FAST, "--lr", "0.1", "--out", out, "--overwrite"]) == 0
+    assert read_json(Path(out) / "summary.json")["config"]["lr"] == 0.1

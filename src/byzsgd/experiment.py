@@ -34,13 +34,26 @@ SWEEP_TABLE = "sweep.csv"
 
 
 def run(config: ExperimentConfig, out: str | Path, *, resume: bool = False,
-        quiet: bool = True, label: str = "") -> dict[str, Any]:
-    """Run one experiment, writing its files under ``out``; returns the summary."""
+        overwrite: bool = False, quiet: bool = True, label: str = "") -> dict[str, Any]:
+    """Run one experiment, writing its files under ``out``; returns the summary.
+
+    A directory that already holds a run is never silently replaced: ``resume`` continues it
+    (same config only), ``overwrite`` starts it over; otherwise :class:`ConfigError`.
+    """
     from byzsgd.engine.simulator import Simulation, build
 
+    out = Path(out)
+    if not (resume or overwrite) and holds_run(out):
+        raise ConfigError(f"{out} already holds a run: pass --resume to continue it, "
+                          f"--overwrite to start it over, or choose another --out")
     setup = build(config)
     progress = None if quiet else Progress(config.rounds, label)
-    return Simulation(setup, Path(out)).run(resume=resume, progress=progress)
+    return Simulation(setup, out).run(resume=resume, progress=progress)
+
+
+def holds_run(out: Path) -> bool:
+    """Whether ``out`` holds (part of) a run's results."""
+    return any((out / name).exists() for name in ("metrics.csv", "checkpoint.pt"))
 
 
 # -- sweeps ------------------------------------------------------------------------------------
@@ -102,7 +115,10 @@ def _short(value: Any) -> str:
 def _run_one(job: tuple[str, dict[str, Any], str, int]) -> tuple[str, dict[str, Any]]:
     name, values, out, threads = job
     torch.set_num_threads(threads)
-    summary = run(ExperimentConfig(**values), out, resume=True, quiet=True)
+    config = ExperimentConfig(**values)
+    # A partial run of this very config is resumed; a run of an older grid is started over.
+    same = _summary_config(Path(out)) == config_json(config)
+    summary = run(config, out, resume=same, overwrite=not same, quiet=True)
     return name, summary
 
 
@@ -116,6 +132,13 @@ def is_complete(out: Path, config: ExperimentConfig) -> bool:
     except (OSError, ValueError):
         return False
     return done.get("status") == "complete" and done.get("config") == config_json(config)
+
+
+def _summary_config(out: Path) -> dict[str, Any] | None:
+    try:
+        return read_json(out / "summary.json").get("config")
+    except (OSError, ValueError):
+        return None
 
 
 def config_json(config: ExperimentConfig) -> dict[str, Any]:
