@@ -69,7 +69,8 @@ def ref_brute(x, f):
     d = ref_sqdist(x)
     n = x.shape[0]
     best = min(itertools.combinations(range(n), n - f),
-               key=lambda s: max(d[i, j] for i in s for j in s))
+               key=lambda s: (max(d[i, j] for i in s for j in s),
+                              sum(d[i, j] for i in s for j in s)))
     return x.double()[list(best)].mean(dim=0), list(best)
 
 

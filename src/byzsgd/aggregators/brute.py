@@ -29,10 +29,18 @@ def check_brute(n: int, f: int, max_subsets: int = 1_000_000) -> None:
 
 def smallest_diameter_subset(sqdist: Tensor, f: int) -> Tensor:
     """The (n - f)-subset of rows with the smallest diameter (max pairwise distance), as
-    sorted indices; ties go to the first subset in lexicographic order."""
+    sorted indices.
+
+    Several subsets often share the smallest diameter (it is set by one pair, so dropping
+    any of the other rows changes nothing); among them we take the one with the smallest sum
+    of pairwise squared distances (the most clumped), which keeps the rule invariant under a
+    permutation of the workers. Exact ties left after that go to the first subset in
+    lexicographic order.
+    """
     n = sqdist.shape[0]
     size = n - f
-    best_diameter = float("inf")
+    inf = float("inf")
+    best_key = (inf, inf)
     best: tuple[int, ...] = tuple(range(size))
     combos = itertools.combinations(range(n), size)
     while True:
@@ -40,10 +48,15 @@ def smallest_diameter_subset(sqdist: Tensor, f: int) -> Tensor:
         if not chunk:
             break
         idx = torch.tensor(chunk, dtype=torch.long)
-        diameters = sqdist[idx[:, :, None], idx[:, None, :]].amax(dim=(1, 2))
-        i = int(torch.argmin(diameters))
-        if float(diameters[i]) < best_diameter:
-            best_diameter = float(diameters[i])
+        within = sqdist[idx[:, :, None], idx[:, None, :]]
+        diameters = within.amax(dim=(1, 2))
+        spread = within.sum(dim=(1, 2))
+        smallest = diameters.min()
+        spread = torch.where(diameters == smallest, spread, torch.full_like(spread, inf))
+        i = int(torch.argmin(spread))
+        key = (float(diameters[i]), float(spread[i]))
+        if key < best_key:
+            best_key = key
             best = chunk[i]
     return torch.tensor(best, dtype=torch.long)
 
