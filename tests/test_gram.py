@@ -68,6 +68,8 @@ def test_moderate_size_and_error_does_not_grow_with_d() -> None:
     # Chunk partial sums are float32 over ~1e3 terms, totals float64: error ~ 1e-7, not
     # sqrt(d) * eps or d * eps.
     assert rel < 1e-6
+    # Groups of chunks go to whichever thread is free, but the sum order is fixed.
+    assert torch.equal(centered_gram(x, center), g)
 
 
 def test_non_contiguous_and_center_dtype_are_accepted() -> None:
@@ -138,3 +140,30 @@ def test_centering_removes_float32_cancellation() -> None:
     plain = x @ x.T  # float32 Gram: the squared norms ~2e10 leave no correct digit
     rel_plain = ((dists(plain.double()) - true).abs()[off] / true[off]).max().item()
     assert rel_plain > 1e-1
+
+
+
+def _gram_in_child(x: torch.Tensor, queue) -> None:  # runs in a forked child
+    # Only centered_gram here: torch's own OpenMP pool is not usable in a forked child.
+    queue.put(centered_gram(x, x[0]).numpy())
+
+
+def test_usable_after_fork(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The thread pool is per process: a forked child makes its own instead of hanging."""
+    import multiprocessing
+
+    monkeypatch.setattr(_gram, "_SERIAL_WORK", 0)
+    x = torch.arange(51 * 3000, dtype=torch.float32).reshape(51, 3000) % 7
+    expected = centered_gram(x, x[0])  # the parent's pool now exists
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_gram_in_child, args=(x, queue))
+    child.start()
+    try:
+        got = queue.get(timeout=60)
+    finally:
+        child.join(timeout=10)
+        if child.is_alive():
+            child.kill()
+    assert child.exitcode == 0
+    assert torch.equal(torch.from_numpy(got), expected)

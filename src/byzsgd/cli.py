@@ -1,4 +1,4 @@
-"""The ``byzsgd`` command: run, sweep, plot, list, round, demo."""
+"""The ``byzsgd`` command: run, sweep, plot, list, round, demo, reproduce."""
 
 from __future__ import annotations
 
@@ -69,7 +69,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = resolve_config(args).validate()
     out = Path(args.out)
-    summary = run(config, out, resume=args.resume, quiet=args.quiet)
+    if args.backend == "distributed":
+        from byzsgd.distributed.launch import run_from_args
+
+        return run_from_args(config, args)
+    summary = run(config, out, resume=args.resume, overwrite=args.overwrite,
+                  quiet=args.quiet)
     if not args.quiet:
         print(f"final test accuracy {100 * summary['final_test_accuracy']:.2f}% "
               f"(best {100 * summary['best_test_accuracy']:.2f}%), "
@@ -143,6 +148,12 @@ def cmd_round(args: argparse.Namespace) -> int:
     return oneround.run(args)
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from byzsgd import reproduce
+
+    return reproduce.main(args)
+
+
 # -- parser ------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,7 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/run", help="results directory (default: runs/run)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run in --out from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (default: refuse)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    from byzsgd.distributed.launch import add_arguments as add_distributed_flags
+
+    add_distributed_flags(p)
     add_config_flags(p)
     p.set_defaults(func=cmd_run)
 
@@ -194,6 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     oneround.configure_parser(p)
     p.set_defaults(func=cmd_round)
+
+    p = sub.add_parser("reproduce", help="run a paper's experiment (experiments/NAME.toml) "
+                                         "and write its table (paper vs ours) and figure")
+    from byzsgd import reproduce
+
+    reproduce.configure_parser(p)
+    p.set_defaults(func=cmd_reproduce)
     return parser
 
 

@@ -4,6 +4,7 @@ rule x attack heat map of final accuracy. Writes PNG or PDF (by the file suffix)
 from __future__ import annotations
 
 import statistics
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -86,5 +87,76 @@ def plot_heatmap(table: list[dict[str, Any]], out: Path,
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def _mean_curve(runs: list[Path], metric: str, x: str
+                ) -> tuple[list[float], list[float], list[float]]:
+    """x values, mean and std over seeds of ``metric`` (in %) for runs of one setting."""
+    seeds = [read_csv(run / "metrics.csv") for run in runs]
+    length = min(len(rows) for rows in seeds)
+    xs = [float(seeds[0][i][x]) for i in range(length)]
+    values = [[100 * float(rows[i][metric] or "nan") for rows in seeds] for i in range(length)]
+    mean = [statistics.fmean(v) for v in values]
+    std = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
+    return xs, mean, std
+
+
+def plot_run_groups(groups: dict[str, dict[str, list[Path]]], out: Path,
+                    metric: str = "test_accuracy", x: str = "epoch", title: str = "",
+                    vline: float | None = None, logy: bool = False) -> Path:
+    """Curves of ``metric`` vs ``x`` (a metrics.csv column: epoch or round), one panel per
+    key of ``groups`` and one line per label (seeds averaged, shaded +/- std). ``vline``
+    marks an x value (e.g. where an attack stops)."""
+    panels = list(groups)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 1.4, 3.8),
+                             squeeze=False, sharey=True)
+    for ax, panel in zip(axes[0], panels, strict=True):
+        for label, runs in groups[panel].items():
+            xs, mean, std = _mean_curve(runs, metric, x)
+            (line,) = ax.plot(xs, mean, label=label, lw=1.3)
+            if any(std):
+                ax.fill_between(xs, [m - s for m, s in zip(mean, std, strict=True)],
+                                [m + s for m, s in zip(mean, std, strict=True)],
+                                color=line.get_color(), alpha=0.2)
+        if vline is not None:
+            ax.axvline(vline, color="grey", ls=":", lw=1)
+        if logy:
+            ax.set_yscale("log")
+        ax.set_xlabel(x)
+        ax.set_title(panel or textwrap.fill(title, 60), fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel(metric.replace("_", " ") + " (%)")
+    if title and panels != [""]:
+        fig.suptitle(textwrap.fill(title, 40 * len(panels) + 20), fontsize=10)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+    return out
+
+
+def plot_param(series: dict[str, list[tuple[float, float, float]]], out: Path, *,
+               xlabel: str, ylabel: str, scale: float = 100.0, title: str = "",
+               logx: bool = False) -> Path:
+    """A table metric vs a swept parameter: one line per series of (x, mean, std) points."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, pts in series.items():
+        pts = sorted(pts)
+        xs = [p[0] for p in pts]
+        ax.errorbar(xs, [scale * p[1] for p in pts], yerr=[scale * p[2] for p in pts],
+                    label=name, marker="o", ms=4, capsize=3, lw=1.3)
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(textwrap.fill(title, 70), fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=80)
     plt.close(fig)
     return out

@@ -29,12 +29,13 @@ packing a short, wide matrix, not by arithmetic. This kernel reads X exactly onc
   arithmetic;
 * each chunk's float32 partial sums (at most ``Kc`` terms, split over the SIMD lanes) are added
   into float64 totals, so the rounding error does not grow with d;
-* the chunks are split into one contiguous range per thread (``torch.get_num_threads()``
-  threads), each with its own buffer and (n, n) float64 accumulator, summed at the end. The
-  compiled range kernel releases the GIL and runs on a small Python thread pool rather than
-  under numba's ``parallel=True``: same speed, half the compile time, and no second OpenMP
-  runtime next to torch's (numba's OpenMP layer is not fork-safe). Small problems run on the
-  calling thread only.
+* the chunks are cut into contiguous groups handed out dynamically to
+  ``torch.get_num_threads()`` threads; each group has its own (n, n) float64 accumulator and
+  the groups are summed in a fixed order (same result whichever thread ran which group). The
+  compiled kernel releases the GIL and runs on the calling thread plus a small Python thread
+  pool rather than under numba's ``parallel=True``: same speed, half the compile time, load
+  balancing, and no second OpenMP runtime next to torch's (numba's OpenMP layer is not
+  fork-safe). Small problems run on the calling thread only.
 
 Non-finite inputs (Byzantine workers may send NaN, inf or 1e30) are allowed: the fast-math flags
 exclude ``nnan``/``ninf``, every product involves exactly two rows, so a non-finite or
@@ -44,6 +45,7 @@ overflowing row only turns its own row and column of G into inf/NaN. The center 
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -72,6 +74,8 @@ _CACHE_LINE = 64
 # calling thread only: waking a worker thread costs ~10 us normally, but up to ~16 ms on a
 # virtual machine whose idle vCPU has been descheduled by the host.
 _SERIAL_WORK = 1 << 23
+# Chunk groups per thread, handed out dynamically (see ``_run``).
+_GROUPS_PER_THREAD = 8
 _pool_lock = threading.Lock()
 
 
@@ -363,19 +367,55 @@ def _gram_range(x, c, acc, kc, pad, line, lo, hi, zero):  # pragma: no cover - c
 
 
 _pool: ThreadPoolExecutor | None = None
-_pool_key: tuple[int, int] = (0, 0)
+_pool_pid = 0
+_pool_size = 0
 
 
 def _executor(workers: int) -> ThreadPoolExecutor:
-    """A process-wide pool of ``workers`` threads (re-created after a fork or a resize)."""
-    global _pool, _pool_key
-    key = (os.getpid(), workers)
-    if _pool is None or _pool_key != key:
-        with _pool_lock:
-            if _pool is None or _pool_key != key:
-                _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="byzsgd-gram")
-                _pool_key = key
-    return _pool
+    """A process-wide pool of at least ``workers`` threads (made anew in a forked child)."""
+    global _pool, _pool_pid, _pool_size
+    with _pool_lock:
+        if _pool is None or _pool_pid != os.getpid() or _pool_size < workers:
+            # A replaced pool is not shut down (a concurrent call may still be submitting to
+            # it); its idle threads exit once it is garbage-collected.
+            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="byzsgd-gram")
+            _pool_pid, _pool_size = os.getpid(), workers
+        return _pool
+
+
+def _run(xa: np.ndarray, ca: np.ndarray, nthreads: int) -> np.ndarray:
+    """Upper-triangular Gram sums of ``xa - ca`` (float64, lower triangle left at zero).
+
+    The chunks are cut into ``_GROUPS_PER_THREAD`` contiguous groups per thread, taken from a
+    shared counter by the calling thread and ``nthreads - 1`` pool threads: a thread that
+    starts late (a worker woken after milliseconds on a busy host) or runs slower (a noisy
+    neighbour) just takes fewer groups. Each group has its own accumulator and the groups are
+    summed in order, so the result does not depend on which thread ran which group.
+    """
+    m, d = xa.shape
+    itemsize = xa.dtype.itemsize
+    kc = _CHUNK_BYTES // itemsize
+    nchunks = -(-d // kc)
+    # Fewer groups when n is large, to bound the accumulators' memory (n^2 * 8 bytes each).
+    ngroups = 1 if nthreads == 1 else min(
+        nchunks, nthreads * max(1, min(_GROUPS_PER_THREAD, (32 << 20) // (8 * m * m * nthreads))))
+    bounds = [g * nchunks // ngroups for g in range(ngroups + 1)]
+    const = (kc, _ROW_PAD_BYTES // itemsize, _CACHE_LINE // itemsize)
+    zero = xa.dtype.type(0)
+    acc = np.zeros((ngroups, m, m))
+    counter = itertools.count()  # next() is atomic under the GIL
+
+    def work() -> None:
+        for g in counter:
+            if g >= ngroups:
+                return
+            _gram_range(xa, ca, acc[g], *const, bounds[g], bounds[g + 1], zero)
+
+    pending = [_executor(nthreads - 1).submit(work) for _ in range(1, nthreads)]
+    work()
+    for job in pending:
+        job.result()
+    return acc.sum(0) if ngroups > 1 else acc[0]
 
 
 def _as_array(t: torch.Tensor) -> np.ndarray:
@@ -414,24 +454,9 @@ def centered_gram(x: torch.Tensor, center: torch.Tensor | None = None) -> torch.
         padded[:n] = xa
         padded[n:] = ca
         xa = padded
-    itemsize = xa.dtype.itemsize
-    kc = _CHUNK_BYTES // itemsize
-    nchunks = -(-d // kc)
     serial = n * (n + 1) // 2 * d < _SERIAL_WORK
-    nthreads = 1 if serial else max(1, min(nchunks, torch.get_num_threads()))
-    bounds = [t * nchunks // nthreads for t in range(nthreads + 1)]
-    acc = np.zeros((nthreads, xa.shape[0], xa.shape[0]))
-    const = (kc, _ROW_PAD_BYTES // itemsize, _CACHE_LINE // itemsize)
-    zero = xa.dtype.type(0)
-    pending = [_executor(nthreads - 1).submit(_gram_range, xa, ca, acc[t], *const, bounds[t],
-                                              bounds[t + 1], zero)
-               for t in range(1, nthreads)]
-    _gram_range(xa, ca, acc[0], *const, bounds[0], bounds[1], zero)  # share of this thread
-    for job in pending:
-        job.result()
-    total = acc.sum(0)[:n, :n] if nthreads > 1 else acc[0, :n, :n]
-    upper = np.triu(total)
-    return torch.from_numpy(upper + np.triu(total, 1).T)
+    total = _run(xa, ca, 1 if serial else max(1, torch.get_num_threads()))[:n, :n]
+    return torch.from_numpy(np.triu(total) + np.triu(total, 1).T)
 
 
 def warmup() -> None:

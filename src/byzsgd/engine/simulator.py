@@ -32,15 +32,18 @@ from byzsgd import aggregators, attacks, data, models
 from byzsgd.config import ConfigError, ExperimentConfig, to_toml
 from byzsgd.engine.backdoor import BackdoorTask
 from byzsgd.engine.flatmodel import FlatModel
-from byzsgd.engine.sampler import WorkerSampler
-from byzsgd.engine.server import Server, learning_rate
-from byzsgd.metrics import (
-    backdoor_success,
-    byzantine_selected,
-    cross_entropy,
-    direction_diagnostics,
-    topk_accuracy,
+from byzsgd.engine.round import (
+    corrupt,
+    flips_labels,
+    forge,
+    honest_vectors,
+    lr_of,
+    round_diagnostics,
+    round_threat,
 )
+from byzsgd.engine.sampler import WorkerSampler
+from byzsgd.engine.server import Server
+from byzsgd.metrics import backdoor_success, byzantine_selected, cross_entropy, topk_accuracy
 from byzsgd.results import (
     CsvLog,
     atomic_write,
@@ -112,7 +115,15 @@ def build(config: ExperimentConfig) -> Setup:
 
 
 class Simulation:
-    """The round loop of one run, writing its results under ``out``."""
+    """The round loop of one run, writing its results under ``out``.
+
+    The distributed runtime's lead server subclasses it, replacing :meth:`round` (and the
+    state hooks), so that both write the same files with the same loop.
+    """
+
+    #: Columns of rounds.csv and metrics.csv.
+    round_columns = ROUND_COLUMNS
+    metric_columns = METRIC_COLUMNS
 
     def __init__(self, setup: Setup, out: Path) -> None:
         self.s = setup
@@ -123,71 +134,35 @@ class Simulation:
     # -- one round ---------------------------------------------------------------------------
 
     def lr(self, t: int) -> float:
-        return learning_rate(self.cfg.lr, self.cfg.lr_schedule, t, self.cfg.lr_fading)
+        return lr_of(self.s, t)
 
     def honest_vectors(self, t: int, flip: Tensor | None) -> Tensor:
         """What every worker would send if honest: gradients at theta_t, or parameters after
         ``local_steps`` of local SGD (model averaging). ``flip`` marks workers whose labels
         are poisoned by a data attack (label flipping)."""
-        cfg, s = self.cfg, self.s
-        if cfg.mode == "gradient":
-            x, y = self._batch(t, flip)
-            return s.flat.worker_gradients(self.theta, x, y)
-        thetas = self.theta.expand(cfg.workers, -1).clone()
-        for step in range(cfg.local_steps):
-            x, y = self._batch(t * cfg.local_steps + step, flip)
-            grads = s.flat.local_gradients(thetas, x, y)
-            thetas = thetas - self.lr(t) * (grads + cfg.weight_decay * thetas)
-        return thetas
-
-    def _batch(self, index: int, flip: Tensor | None) -> tuple[Tensor, Tensor]:
-        ds = self.s.dataset
-        idx = self.s.sampler.indices(index)
-        x, y = ds.x_train[idx], ds.y_train[idx]
-        if flip is not None and flip.numel():
-            y = y.clone()
-            y[flip] = self.s.attack.label_map(y[flip], ds.num_classes)
-        return x, y
-
-    def backdoor_loss(self, t: int) -> Callable[[Tensor], Tensor] | None:
-        """The attacker's objective for a candidate vector v: cross-entropy of the model v
-        would produce (theta - lr * v for a gradient, v itself for parameters) on the
-        backdoor inputs with the attacker's labels."""
-        if self.s.backdoor is None:
-            return None
-        x, y = self.s.backdoor.attacker_batch(t)
-        flat, theta, lr = self.s.flat, self.theta, self.lr(t)
-        if self.cfg.mode == "gradient":
-            return lambda v: flat.loss(theta - lr * v, x, y)
-        return lambda v: flat.loss(v, x, y)
+        return honest_vectors(self.s, self.theta, t, flip)
 
     def round(self, t: int) -> dict[str, float]:
         cfg, s = self.cfg, self.s
         torch.manual_seed(derive_seed(cfg.seed, "dropout", t))  # vmap's dropout draws
-        attacked = s.attack is not None and s.threat.active(t)
-        g = generator_for(cfg.seed, "attack", t)
-        byz = s.threat.byzantine_rows(t, g) if attacked else torch.empty(0, dtype=torch.long)
-        flip = byz if attacked and hasattr(s.attack, "label_map") else None
-        vectors = self.honest_vectors(t, flip)
+        attacked, byz, g = round_threat(s, t)
+        vectors = self.honest_vectors(t, byz if attacked and flips_labels(s) else None)
         honest_mask = torch.ones(cfg.workers, dtype=torch.bool)
         honest_mask[byz] = False
         sent = vectors
         if attacked and s.attack.dimensional:
-            sent, _ = s.attack(gradients=vectors, f=cfg.byzantine, n=cfg.workers,
-                               generator=g)
+            sent = corrupt(s, vectors, g)
         elif attacked:
             sent = vectors.clone()
-            sent[byz] = s.attack(honest=vectors[honest_mask], own=vectors[byz],
-                                 f=int(byz.numel()), n=cfg.workers, rule=s.server.rule,
-                                 generator=g, backdoor_loss=self.backdoor_loss(t))
+            sent[byz] = forge(s, t, self.theta, g, honest=vectors[honest_mask],
+                              own=vectors[byz], n=cfg.workers)
         aggregate = s.server.aggregate(sent)
         lr = self.lr(t)
-        truth = vectors[honest_mask].mean(dim=0)
+        diag = round_diagnostics(s, self.theta, vectors[honest_mask].mean(dim=0),
+                                 aggregate.value)
         if cfg.mode == "gradient":
-            diag = direction_diagnostics(truth, aggregate.value)
             self.theta = s.server.step(self.theta, aggregate.value, lr)
-        else:  # compare the implied updates theta_t - vector
-            diag = direction_diagnostics(self.theta - truth, self.theta - aggregate.value)
+        else:
             self.theta = aggregate.value.clone()
         return {"round": t, "lr": lr, "attacked": int(attacked), **diag,
                 "byzantine_selected": byzantine_selected(aggregate.selected, byz)}
@@ -209,6 +184,24 @@ class Simulation:
             row["backdoor_success"] = backdoor_success(s.flat.predict(self.theta, x), y)
         return row
 
+    # -- state and reports -------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training state a checkpoint holds (besides the loop's own counters)."""
+        return {"theta": self.theta, "server": self.s.server.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.theta = state["theta"]
+        self.s.server.load_state_dict(state["server"])
+
+    def interval_means(self, rows: list[dict[str, float]]) -> dict[str, float]:
+        """The round diagnostics since the last evaluation, as metrics.csv reports them."""
+        return _interval_means(rows)
+
+    def summary_extra(self) -> dict[str, Any]:
+        """Entries added to summary.json (none here)."""
+        return {}
+
     # -- the run -----------------------------------------------------------------------------
 
     def run(self, *, resume: bool = False,
@@ -223,8 +216,7 @@ class Simulation:
             if state["config"] != cfg.to_dict():
                 raise ConfigError(f"{out} holds a run of a different config; use another --out "
                                   f"or run without --resume to start over")
-            self.theta = state["theta"]
-            self.s.server.load_state_dict(state["server"])
+            self.load_state_dict(state)
             start, best, elapsed, history = (state["round"], state["best"], state["elapsed"],
                                              state["history"])
             # metrics.csv rows count rounds completed, rounds.csv rows the round index
@@ -234,8 +226,8 @@ class Simulation:
             for name in ("metrics.csv", "rounds.csv", "checkpoint.pt"):
                 files[name].unlink(missing_ok=True)
         atomic_write(files["config.toml"], to_toml(cfg.to_dict()))
-        metrics = CsvLog(files["metrics.csv"], METRIC_COLUMNS)
-        rounds = CsvLog(files["rounds.csv"], ROUND_COLUMNS)
+        metrics = CsvLog(files["metrics.csv"], self.metric_columns)
+        rounds = CsvLog(files["rounds.csv"], self.round_columns)
         summary: dict[str, Any] = {"status": "running", "d": self.s.flat.d,
                                    "config": json.loads(json.dumps(cfg.to_dict()))}
         interval: list[dict[str, float]] = []
@@ -243,21 +235,20 @@ class Simulation:
 
         def checkpoint(t: int) -> None:
             save_checkpoint(files["checkpoint.pt"], {
-                "config": cfg.to_dict(), "round": t, "theta": self.theta,
-                "server": self.s.server.state_dict(), "best": best, "elapsed": elapsed,
-                "history": history})
+                "config": cfg.to_dict(), "round": t, **self.state_dict(), "best": best,
+                "elapsed": elapsed, "history": history})
 
         def record(t: int) -> None:
             nonlocal best, last
             row = {"round": t, "epoch": self.s.sampler.epoch(t), "lr": self.lr(max(t - 1, 0)),
-                   **self.evaluate(), **_interval_means(interval)}
+                   **self.evaluate(), **self.interval_means(interval)}
             row["rounds_per_s"] = history["rounds"] / elapsed if elapsed > 0 else float("nan")
             metrics.write(row)
             best = max(best, row["test_accuracy"])
             last = row
             interval.clear()
             checkpoint(t)
-            summary.update(_summary(row, best, t, elapsed, history))
+            summary.update(_summary(row, best, t, elapsed, history), **self.summary_extra())
             write_json(files["summary.json"], summary)
 
         try:
@@ -279,6 +270,7 @@ class Simulation:
             metrics.close()
             rounds.close()
         summary["status"] = "complete"
+        summary.update(self.summary_extra())
         write_json(files["summary.json"], summary)
         return summary
 

@@ -1,0 +1,184 @@
+"""One process of a distributed run; its role follows from its rank (``RANK``).
+
+torchrun (or ``byzsgd run --backend distributed``) starts S + n copies of::
+
+    python -m byzsgd.distributed.node --config exp.toml --out runs/x [config flags]
+
+ranks 0..S-1 become the parameter servers (0 the lead, which writes the results), ranks
+S..S+n-1 the workers. The rendezvous is torch.distributed's ``env://``: ``MASTER_ADDR``,
+``MASTER_PORT``, ``RANK`` and ``WORLD_SIZE``, which torchrun sets (WORLD_SIZE must be
+S + n).
+
+Under torchrun a worker runs as the child of a small supervisor process that exits 0 however
+its child ends: torchrun tears down every local process when one of them fails, and a dead
+worker must not stop a Byzantine-tolerant run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from byzsgd.config import ExperimentConfig
+
+log = logging.getLogger("byzsgd.distributed")
+SUPERVISED = "BYZSGD_SUPERVISED"
+#: Intra-op threads of this process (the launcher shares the cores among the processes).
+THREADS = "BYZSGD_THREADS"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from byzsgd.cli import add_config_flags
+
+    parser = argparse.ArgumentParser(prog="python -m byzsgd.distributed.node",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="TOML config file (flags override it)")
+    parser.add_argument("--config-json", help=argparse.SUPPRESS)
+    parser.add_argument("--out", default="runs/run", help="results directory (server 0)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out from its last checkpoint")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    parser.add_argument("--supervise", action=argparse.BooleanOptionalAction, default=None,
+                        help="run a worker under a supervisor that exits 0 (default: under "
+                             "torchrun only)")
+    add_timeout_flags(parser.add_argument_group("distributed time limits"))
+    add_config_flags(parser)
+    return parser
+
+
+def add_timeout_flags(group: argparse._ActionsContainer) -> None:
+    """The time limits of :class:`~byzsgd.distributed.protocol.Options` as flags."""
+    group.add_argument("--deadline", type=float, default=60.0,
+                       help="seconds a server waits for the workers' vectors in a round "
+                            "before treating the missing ones as absent (default 60)")
+    group.add_argument("--connect-timeout", type=float, default=120.0,
+                       help="seconds to wait for every process to join (default 120)")
+    group.add_argument("--idle-timeout", type=float, default=1800.0,
+                       help="seconds a worker waits for its server's next message (default "
+                            "1800)")
+
+
+def role(rank: int, servers: int, workers: int) -> tuple[str, int]:
+    """``("server", s)`` for ranks 0..S-1, ``("worker", i)`` for ranks S..S+n-1."""
+    if not 0 <= rank < servers + workers:
+        raise ValueError(f"rank {rank} outside the world of {servers} server(s) + "
+                         f"{workers} worker(s)")
+    return ("server", rank) if rank < servers else ("worker", rank - servers)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run this process's role; its exit code (the process ends here unless supervising)."""
+    from byzsgd.config import ConfigError
+
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    try:  # no validation yet: a supervisor must not pay for importing torch
+        config = _config(args)
+        servers, workers = config.servers, config.workers
+        kind, index = role(rank, servers, workers)
+        if world != servers + workers:
+            raise ConfigError(f"WORLD_SIZE={world}, but the config has {servers} server(s) + "
+                              f"{workers} worker(s) = {servers + workers} processes")
+    except (ConfigError, ValueError) as e:
+        print(f"byzsgd node: {e}", file=sys.stderr)
+        return 2
+    supervise = args.supervise if args.supervise is not None else \
+        "TORCHELASTIC_RUN_ID" in os.environ
+    if kind == "worker" and supervise and not os.environ.get(SUPERVISED):
+        return _supervise(argv, index)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        stream=sys.stderr,
+                        format=f"%(asctime)s [{kind} {index}] %(levelname)s %(message)s")
+    code = 1
+    try:
+        code = _run(args, config.validate(), kind, index, rank, world)
+    except ConfigError as e:
+        print(f"byzsgd node: invalid configuration: {e}", file=sys.stderr)
+        code = 2
+    except Exception:
+        log.exception("%s %d failed", kind, index)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    # gloo threads may still wait on peers that hang: leave without joining them
+    os._exit(code)
+
+
+def _config(args: argparse.Namespace) -> ExperimentConfig:
+    from byzsgd.cli import resolve_config
+    from byzsgd.config import ExperimentConfig
+
+    if args.config_json:
+        return ExperimentConfig.from_dict(json.loads(args.config_json))
+    return resolve_config(args)
+
+
+def _run(args: argparse.Namespace, config: ExperimentConfig, kind: str, index: int, rank: int,
+         world: int) -> int:
+    import torch
+    import torch.distributed as dist
+
+    from byzsgd.distributed.protocol import Options
+    from byzsgd.engine.simulator import build
+
+    if os.environ.get(THREADS):
+        torch.set_num_threads(int(os.environ[THREADS]))
+    opts = Options(deadline=args.deadline, connect=args.connect_timeout,
+                   idle=args.idle_timeout)
+    from byzsgd.distributed.worker import Worker
+
+    # set up before joining: every process is ready when the group is up
+    setup = build(config)
+    worker = Worker(setup, index, opts) if kind == "worker" else None
+    if worker is not None:
+        worker.warm_up()
+    dist.init_process_group("gloo", init_method="env://", rank=rank, world_size=world,
+                            timeout=opts.timedelta("connect"))
+    log.info("joined as rank %d of %d (d=%d)", rank, world, setup.flat.d)
+    if worker is not None:
+        try:
+            return worker.run()
+        except RuntimeError as e:
+            log.error("lost contact with a server: %s", str(e).splitlines()[0])
+            return 3
+    from byzsgd.distributed.server import LeadServer, serve
+
+    if index > 0:
+        return serve(setup, index, opts)
+    from byzsgd.progress import Progress
+
+    progress = None if args.quiet else Progress(config.rounds, "distributed ")
+    LeadServer(setup, Path(args.out), opts).run(resume=args.resume, progress=progress)
+    return 0
+
+
+def _supervise(argv: list[str], index: int) -> int:
+    """Run this worker as a child process; exit 0 whatever becomes of it."""
+    env = {**os.environ, SUPERVISED: "1"}
+    child = subprocess.Popen([sys.executable, "-m", "byzsgd.distributed.node", *argv], env=env)
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        child.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
+    code = child.wait()
+    if code != 0:
+        print(f"byzsgd node: worker {index} exited with code {code}; the servers carry on "
+              f"without it", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,463 @@
+"""The parameter servers: S processes, server s owning the coordinates ``[a_s, b_s)``.
+
+One round t, on every server s (:meth:`ShardServer.round`):
+
+1. send ``ROUND(t, theta[a_s:b_s])`` to every worker (a worker still busy with an earlier
+   round, or dead, is skipped: absent);
+2. collect the workers' vectors (their shard) until all arrived or the deadline passed;
+   missing, malformed or non-finite inputs are classified (:mod:`.faults`); missing and
+   malformed rows become rows of NaN, which the robust rules treat as Byzantine;
+3. the attack, as in the simulator: a classic attack's Byzantine workers (which rows, from
+   the same ``ThreatModel.byzantine_rows(t, generator_for(seed, "attack", t))``) get
+   ``KNOW``: what the attack may know -- their own rows, plus all honest rows if it is
+   omniscient -- "spied on the network" by the server, then send their Byzantine rows; a
+   dimensional attack (bit-flip, gambler) corrupts values on the wire: it is applied here,
+   on receipt, with the same generator;
+4. aggregate with the same :class:`~byzsgd.engine.server.Server` code (its own shard: what
+   ``Server(servers=S)`` does per shard in the simulator), step, and report the round's
+   diagnostics.
+
+Server 0, the *lead* (:class:`LeadServer`), also drives the others (``STEP t``), merges
+their reports, evaluates, checkpoints and writes the result files, with the simulator's own
+run loop (it subclasses :class:`~byzsgd.engine.simulator.Simulation`): metrics.csv,
+rounds.csv, summary.json, config.toml and checkpoint.pt as the simulator writes them (the
+checkpoint holds the full theta and momentum buffer, so either backend resumes the other's
+run), plus fault columns, ``faults.csv`` and ``timings.csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import queue
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from byzsgd.distributed import protocol
+from byzsgd.distributed.faults import (
+    ABSENT,
+    MALFORMED,
+    NONFINITE,
+    OK,
+    FaultLog,
+    FaultPlan,
+    validate,
+)
+from byzsgd.distributed.links import Event, WorkerLink
+from byzsgd.distributed.protocol import Channel, Kind, Message, Options
+from byzsgd.engine.round import corrupt, lr_of, round_diagnostics, round_threat
+from byzsgd.engine.server import Server
+from byzsgd.engine.simulator import METRIC_COLUMNS, ROUND_COLUMNS, Setup, Simulation
+from byzsgd.metrics import byzantine_selected
+
+log = logging.getLogger("byzsgd.distributed")
+
+FAULT_COLUMNS = ["absent", "malformed", "nonfinite", "faults"]
+TIMING_COLUMNS = ["round", "round_ms", "compute_ms", "communication_ms", "attack_ms",
+                  "aggregation_ms"]
+#: The numbers of a DIAG message before the per-worker status codes.
+_DIAG_LEN = 9
+
+
+@dataclass
+class ShardReport:
+    """What one server made of one round."""
+
+    status: Tensor  # (n,) int64 status code per worker
+    details: dict[int, tuple[int, str]]  # worker -> (server, why) for faulty inputs
+    sums: Tensor  # float64 [<g,a>, |g|^2, |a|^2, |a-g|^2] on this shard
+    selected: float  # Byzantine rows the rule selected on this shard (NaN: no selection)
+    timing: dict[str, float]  # compute / exchange / attack / aggregation, in ms
+    diag: dict[str, float] | None = None  # full diagnostics (single server only)
+
+    def encode(self) -> Tensor:
+        t = self.timing
+        head = [*self.sums.tolist(), self.selected, t["compute"], t["exchange"], t["attack"],
+                t["aggregation"]]
+        return torch.cat([torch.tensor(head, dtype=torch.float64), self.status.double()])
+
+    @classmethod
+    def decode(cls, values: Tensor, server: int) -> ShardReport:
+        v = values.reshape(-1)
+        status = v[_DIAG_LEN:].long()
+        names = ("compute", "exchange", "attack", "aggregation")
+        timing = dict(zip(names, v[5:_DIAG_LEN].tolist(), strict=True))
+        details = {w: (server, "") for w in (status != OK).nonzero().flatten().tolist()}
+        return cls(status, details, v[:4].clone(), float(v[4]), timing)
+
+
+class ShardServer:
+    """Server ``index`` of a run: its shard of theta and of the momentum buffer, its links
+    to the workers, and its part of every round."""
+
+    def __init__(self, setup: Setup, index: int, opts: Options) -> None:
+        cfg = setup.config
+        self.s = setup
+        self.cfg = cfg
+        self.index = index
+        self.opts = opts
+        self.a, self.b = setup.server.shards[index]
+        self.width = self.b - self.a
+        self.single = cfg.servers == 1
+        self.server = Server(setup.server.rule, self.width, momentum=cfg.momentum,
+                             weight_decay=cfg.weight_decay)
+        self.theta = setup.flat.initial()[self.a:self.b].clone()
+        self.events: queue.Queue[Event] = queue.Queue()
+        capacity = 2 * 4 * self.width + 4096
+        self.links = [WorkerLink(w, cfg.servers + w, self.events, capacity)
+                      for w in range(cfg.workers)]
+        #: Workers that answered the last round: they took its messages (even if gloo has
+        #: not told the sending thread yet), so the next round is queued for them.
+        self.answered: set[int] = set()
+
+    # -- one round ---------------------------------------------------------------------------
+
+    def round(self, t: int) -> ShardReport:
+        cfg, s = self.cfg, self.s
+        n = cfg.workers
+        start = time.perf_counter()
+        attacked, byz, g = round_threat(s, t)
+        status = torch.zeros(n, dtype=torch.long)
+        details: dict[int, tuple[int, str]] = {}
+
+        def fault(w: int, code: int, why: str) -> None:
+            if code > status[w]:
+                status[w] = code
+                details[w] = (self.index, why)
+
+        # 1-2. theta out, vectors in
+        sent = set()
+        out = Message(Kind.ROUND, t, [self.theta])
+        for w, link in enumerate(self.links):
+            if link.post(out, queue_behind=w in self.answered):
+                sent.add(w)
+            else:
+                fault(w, ABSENT, link.reason or "still busy with an earlier round")
+        got = self._collect(t, Kind.VEC, sent)
+        self.answered = {w for w, ev in got.items() if not ev.dead}
+        vectors = torch.full((n, self.width), float("nan"))
+        compute = 0.0
+        for w in sent:
+            code, row, why = self._classify(t, got.get(w), Kind.VEC)
+            fault(w, code, why)
+            if row is not None:
+                vectors[w] = row
+                compute = max(compute, got[w].extra / 1e3)
+        exchange = time.perf_counter()
+        if not bool(((status == OK) | (status == NONFINITE)).any()):
+            log.error("!!! round %d: no worker's vector reached server %d: its shard of theta "
+                      "stays as it is", t, self.index)
+            nan = float("nan")
+            timing = {"compute": 0.0, "exchange": 1e3 * (exchange - start), "attack": 0.0,
+                      "aggregation": 0.0}
+            diag = dict.fromkeys(("inner_product", "cosine", "aggregate_norm", "distance"), nan)
+            return ShardReport(status, details, torch.full((4,), nan, dtype=torch.float64), nan,
+                               timing, diag if self.single else None)
+
+        # 3. the attack
+        honest = torch.ones(n, dtype=torch.bool)
+        honest[byz] = False
+        received = vectors
+        if attacked and s.attack.dimensional:
+            received = self._corrupt(vectors, g)
+        elif attacked and byz.numel():
+            received = self._byzantine_rows(t, vectors, byz, honest, status, sent, fault)
+        attack = time.perf_counter()
+
+        # 4. aggregate and step
+        theta = self.theta
+        aggregate = self.server.aggregate(received)
+        lr = lr_of(s, t)
+        if cfg.mode == "gradient":
+            self.theta = self.server.step(theta, aggregate.value, lr)
+        else:
+            self.theta = aggregate.value.clone()
+        done = time.perf_counter()
+        correct = honest & (status == OK)
+        truth = (vectors[correct].mean(dim=0) if bool(correct.any())
+                 else torch.full((self.width,), float("nan")))
+        g64, a64 = truth.double(), aggregate.value.double()
+        sums = torch.stack([g64 @ a64, g64 @ g64, a64 @ a64, (a64 - g64) @ (a64 - g64)])
+        diag = round_diagnostics(s, theta, truth, aggregate.value) if self.single else None
+        timing = {"compute": compute, "exchange": 1e3 * (exchange - start),
+                  "attack": 1e3 * (attack - exchange), "aggregation": 1e3 * (done - attack)}
+        return ShardReport(status, details, sums, byzantine_selected(aggregate.selected, byz),
+                           timing, diag)
+
+    def _collect(self, t: int, kind: Kind, expected: set[int]) -> dict[int, Event]:
+        """The events of ``expected`` workers for (t, kind) until all came or the deadline
+        passed. Late messages of earlier rounds are dropped."""
+        deadline = time.monotonic() + self.opts.deadline
+        waiting = set(expected)
+        got: dict[int, Event] = {}
+        while waiting:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                ev = self.events.get(timeout=remaining)
+            except queue.Empty:
+                break
+            if ev.worker not in waiting or (not ev.dead and not ev.error and ev.round < t):
+                continue  # a worker not asked this phase, or a stale message
+            got[ev.worker] = ev
+            waiting.discard(ev.worker)
+        return got
+
+    def _classify(self, t: int, ev: Event | None, kind: Kind) -> tuple[int, Tensor | None, str]:
+        if ev is None:
+            return ABSENT, None, f"nothing by the {self.opts.deadline:g} s deadline"
+        if ev.dead:
+            return ABSENT, None, ev.error
+        if ev.error:
+            return MALFORMED, None, ev.error
+        if ev.kind != kind:
+            return MALFORMED, None, f"message kind {ev.kind} instead of {int(kind)}"
+        if ev.round != t:
+            return MALFORMED, None, f"round {ev.round} instead of {t}"
+        return validate(ev.parts, self.width)
+
+    def _corrupt(self, vectors: Tensor, g: torch.Generator) -> Tensor:
+        """A dimensional attack on the received values, drawing what it draws in the
+        simulator: on the full (n, d) matrix (this shard embedded in zeros: both attacks
+        corrupt each value independently of the others)."""
+        if self.single:
+            return corrupt(self.s, vectors, g)
+        full = torch.zeros(vectors.shape[0], self.s.flat.d)
+        full[:, self.a:self.b] = vectors
+        return corrupt(self.s, full, g)[:, self.a:self.b]
+
+    def _byzantine_rows(self, t: int, vectors: Tensor, byz: Tensor, honest: Tensor,
+                        status: Tensor, sent: set[int],
+                        fault: Callable[[int, int, str], None]) -> Tensor:
+        """Tell this round's Byzantine workers what the attack may know, and put the rows
+        they send back in their place."""
+        arrived = (status == OK) | (status == NONFINITE)
+        own = [w for w in byz.tolist() if arrived[w]]
+        seen = []
+        if getattr(self.s.attack, "knowledge", None) == "omniscient":
+            seen = (honest & arrived).nonzero().flatten().tolist()
+        index = torch.tensor(own + seen, dtype=torch.long)
+        know = Message(Kind.KNOW, t, [index, vectors[index]], aux=len(own))
+        for w in byz.tolist():
+            if w in sent:
+                self.links[w].post(know, queue_behind=True)
+        got = self._collect(t, Kind.BYZ, set(own))
+        received = vectors.clone()
+        received[byz] = float("nan")
+        for w in own:
+            ev = got.get(w)
+            if ev is not None and not ev.dead and not ev.error and ev.kind == Kind.BYZ \
+                    and ev.aux == protocol.ABSTAIN:
+                fault(w, ABSENT, "abstained from the attack")
+                continue
+            code, row, why = self._classify(t, ev, Kind.BYZ)
+            if code in (ABSENT, MALFORMED):
+                fault(w, code, f"Byzantine row: {why}")
+            if row is not None:
+                received[w] = row  # an attack's non-finite values are its business
+        return received
+
+    # -- state -------------------------------------------------------------------------------
+
+    def load(self, theta: Tensor, buffer: Tensor | None) -> None:
+        self.theta = theta.reshape(-1).clone()
+        self.server.buffer = None if buffer is None else buffer.reshape(-1).clone()
+
+    def state_parts(self) -> list[Tensor]:
+        buffer = self.server.buffer
+        return [self.theta] if buffer is None else [self.theta, buffer]
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Tell every worker the run is over; wait up to ``grace`` s for the live ones."""
+        for link in self.links:
+            link.post(Message(Kind.STOP, -1), queue_behind=True)
+            link.close()
+        end = time.monotonic() + grace
+        while time.monotonic() < end and not all(link.idle or link.dead
+                                                  for link in self.links):
+            time.sleep(0.02)
+
+
+def serve(setup: Setup, index: int, opts: Options) -> int:
+    """Server ``index`` >= 1: run rounds when the lead says so, until it says stop."""
+    shard = ShardServer(setup, index, opts)
+    plan = FaultPlan("server", index)
+    idle = opts.timedelta("idle")
+    try:
+        while True:
+            msg = protocol.recv(0, Channel.BETWEEN_SERVERS, idle)
+            if msg.kind == Kind.STEP:
+                plan.before_send(msg.round)
+                report = shard.round(msg.round)
+                protocol.send(Message(Kind.DIAG, msg.round, [report.encode()]), 0,
+                              Channel.BETWEEN_SERVERS, idle)
+            elif msg.kind == Kind.SYNC:
+                shard.load(msg.parts[0], msg.parts[1] if len(msg.parts) > 1 else None)
+            elif msg.kind == Kind.GATHER:
+                protocol.send(Message(Kind.STATE, msg.round, shard.state_parts()), 0,
+                              Channel.BETWEEN_SERVERS, idle)
+            elif msg.kind == Kind.STOP:
+                return 0
+    finally:
+        shard.stop()
+
+
+class LeadServer(Simulation):
+    """Server 0: the simulator's run loop (files, evaluation, checkpoints, resume) around
+    distributed rounds."""
+
+    round_columns: ClassVar[list[str]] = ROUND_COLUMNS + FAULT_COLUMNS
+    metric_columns: ClassVar[list[str]] = [*METRIC_COLUMNS[:-1], "faults", METRIC_COLUMNS[-1]]
+
+    def __init__(self, setup: Setup, out: Path, opts: Options) -> None:
+        super().__init__(setup, out)
+        self.opts = opts
+        self.shard = ShardServer(setup, 0, opts)
+        self.others = range(1, self.cfg.servers)
+        self.buffer: Tensor | None = None  # the full momentum buffer, when gathered
+        self.gathered = True  # self.theta and self.buffer are current
+        self.started = False
+        self.start = 0
+        self.resumed = False
+        self.plan = FaultPlan("server", 0)
+        self.faults = FaultLog(out / "faults.csv", self.cfg.rule_f)
+        self.timings = out / "timings.csv"
+        self._timeout = opts.timedelta("idle")
+
+    # -- the hooks of the run loop ------------------------------------------------------------
+
+    def run(self, *, resume: bool = False,
+            progress: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        try:
+            return super().run(resume=resume, progress=progress)
+        finally:
+            self.stop()
+
+    def round(self, t: int) -> dict[str, float]:
+        self._begin()
+        self.plan.before_send(t)
+        tic = time.perf_counter()
+        for s in self.others:
+            protocol.send(Message(Kind.STEP, t), s, Channel.BETWEEN_SERVERS, self._timeout)
+        reports = [self.shard.round(t)]
+        for s in self.others:
+            msg = protocol.recv(s, Channel.BETWEEN_SERVERS, self._timeout)
+            reports.append(ShardReport.decode(msg.parts[0], s))
+        self.gathered = False
+        attacked, byz, _ = round_threat(self.s, t)
+        status = torch.stack([r.status for r in reports]).amax(dim=0)
+        details = {w: d for r in reversed(reports) for w, d in r.details.items()}
+        counts = self.faults.record(t, status, details, byz)
+        if reports[0].diag is not None:
+            diag = reports[0].diag
+        else:
+            diag = _diagnostics(torch.stack([r.sums for r in reports]).sum(dim=0))
+        selected = [r.selected for r in reports]
+        row = {"round": t, "lr": self.lr(t), "attacked": int(attacked), **diag,
+               "byzantine_selected": sum(selected) / len(selected), **counts}
+        self._time(t, time.perf_counter() - tic, reports)
+        return row
+
+    def evaluate(self) -> dict[str, float]:
+        self._begin()
+        self._gather()
+        return super().evaluate()
+
+    def state_dict(self) -> dict[str, Any]:
+        self._gather()
+        return {"theta": self.theta, "server": {"buffer": self.buffer},
+                "faults": dict(self.faults.totals)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.theta = state["theta"]
+        self.buffer = state["server"]["buffer"]
+        self.faults.totals.update(state.get("faults", {}))
+        self.start, self.resumed, self.gathered = state["round"], True, True
+
+    def interval_means(self, rows: list[dict[str, float]]) -> dict[str, float]:
+        return {**super().interval_means(rows), "faults": sum(r["faults"] for r in rows)}
+
+    def summary_extra(self) -> dict[str, Any]:
+        return {"backend": "distributed", "servers": self.cfg.servers,
+                "faults": dict(self.faults.totals)}
+
+    # -- the other servers --------------------------------------------------------------------
+
+    def _begin(self) -> None:
+        """Once, before the first round or evaluation: reset (or truncate) the fault and
+        timing files, and start every server from the same theta and buffer."""
+        if self.started:
+            return
+        self.started = True
+        self.faults.reset(fresh=not self.resumed, below=self.start)
+        _restart_csv(self.timings, TIMING_COLUMNS, None if not self.resumed else self.start)
+        for s in range(self.cfg.servers):
+            a, b = self.s.server.shards[s]
+            buffer = None if self.buffer is None else self.buffer[a:b]
+            if s == 0:
+                self.shard.load(self.theta[a:b], buffer)
+                continue
+            parts = [self.theta[a:b]] + ([] if buffer is None else [buffer])
+            protocol.send(Message(Kind.SYNC, self.start, parts), s, Channel.BETWEEN_SERVERS,
+                          self._timeout)
+
+    def _gather(self) -> None:
+        """The full theta and momentum buffer, from every server's shard."""
+        if self.gathered:
+            return
+        parts = [self.shard.state_parts()]
+        for s in self.others:
+            protocol.send(Message(Kind.GATHER, -1), s, Channel.BETWEEN_SERVERS, self._timeout)
+            parts.append(protocol.recv(s, Channel.BETWEEN_SERVERS, self._timeout).parts)
+        self.theta = torch.cat([p[0].reshape(-1) for p in parts])
+        has_buffer = all(len(p) > 1 for p in parts)
+        self.buffer = torch.cat([p[1].reshape(-1) for p in parts]) if has_buffer else None
+        self.gathered = True
+
+    def _time(self, t: int, seconds: float, reports: list[ShardReport]) -> None:
+        def worst(key: str) -> float:
+            return max(r.timing[key] for r in reports)
+
+        compute = worst("compute")
+        row = [t, 1e3 * seconds, compute, max(worst("exchange") - compute, 0.0),
+               worst("attack"), worst("aggregation")]
+        with open(self.timings, "a", newline="") as fh:
+            csv.writer(fh).writerow([f"{v:.4g}" if isinstance(v, float) else v for v in row])
+
+    def stop(self) -> None:
+        """End the run on every server and worker (best effort: some may be gone)."""
+        for s in self.others:
+            try:
+                protocol.send(Message(Kind.STOP, -1), s, Channel.BETWEEN_SERVERS,
+                              self.opts.timedelta("deadline"))
+            except RuntimeError as e:
+                log.warning("server %d did not take the stop: %s", s, str(e).splitlines()[0])
+        self.shard.stop()
+
+
+def _restart_csv(path: Path, columns: list[str], below: int | None) -> None:
+    """Write a fresh header (``below`` None), or keep the rows with round < ``below``."""
+    rows: list[list[str]] = []
+    if below is not None and path.exists():
+        with open(path, newline="") as fh:
+            rows = [r for r in list(csv.reader(fh))[1:] if r and int(r[0]) < below]
+    with open(path, "w", newline="") as fh:
+        csv.writer(fh).writerows([columns, *rows])
+
+
+def _diagnostics(sums: Tensor) -> dict[str, float]:
+    """:func:`byzsgd.metrics.direction_diagnostics` from per-shard sums."""
+    inner, gg, aa, dd = (float(v) for v in sums)
+    norms = math.sqrt(gg) * math.sqrt(aa)
+    return {"inner_product": inner,
+            "cosine": inner / norms if norms > 0 and math.isfinite(norms) else float("nan"),
+            "aggregate_norm": math.sqrt(aa), "distance": math.sqrt(dd)}
+

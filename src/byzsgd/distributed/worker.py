@@ -1,0 +1,159 @@
+"""A worker process: honest computation, and the attack when it is Byzantine.
+
+Each round t: take ``ROUND(t, shard)`` from every server and join the shards into theta_t;
+compute this worker's vector exactly as the simulator computes its row (same minibatch
+``sampler.indices(t)[i]``, same label flipping, same local steps); send each server its
+shard. A worker knows by itself whether it is Byzantine in round t (the same
+``round_threat(setup, t)`` as everyone); if it is, under a classic attack, it then takes
+``KNOW`` from every server -- what the attack may know, joined over the shards -- runs the
+attack with the round's generator as the simulator does, and sends its own Byzantine row
+(all Byzantine workers compute the same f rows: they collude; each sends its own).
+
+Messages from a server come in order; a worker that fell behind (it hung) takes the newest
+round and drops what is stale.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+from torch import Tensor
+
+from byzsgd.distributed import protocol
+from byzsgd.distributed.faults import FaultPlan, garble
+from byzsgd.distributed.protocol import ABSTAIN, Channel, Kind, Message, Options
+from byzsgd.engine.round import flips_labels, forge, honest_vectors, round_threat
+from byzsgd.engine.simulator import Setup
+from byzsgd.seeding import derive_seed
+
+log = logging.getLogger("byzsgd.distributed")
+
+
+class Worker:
+    """Worker ``index`` (rank ``servers + index``) of a run."""
+
+    def __init__(self, setup: Setup, index: int, opts: Options) -> None:
+        self.s = setup
+        self.cfg = setup.config
+        self.index = index
+        self.servers = range(self.cfg.servers)
+        self.shards = setup.server.shards
+        self.timeout = opts.timedelta("idle")
+        self.plan = FaultPlan("worker", index)
+        self._pushed: list[Message | None] = [None] * self.cfg.servers
+
+    def warm_up(self) -> None:
+        """Compute one vector before joining (first calls compile and allocate), so that the
+        round deadline measures steady-state work."""
+        theta = self.s.flat.initial()
+        honest_vectors(self.s, theta, 0, None, rows=[self.index])
+
+    def run(self) -> int:
+        """Work until a server says stop (0); a lost server raises ``RuntimeError``."""
+        while (job := self._next_round()) is not None:
+            t, theta = job
+            self._round(t, theta)
+        return 0
+
+    def _round(self, t: int, theta: Tensor) -> None:
+        cfg, s = self.cfg, self.s
+        tic = time.perf_counter()
+        torch.manual_seed(derive_seed(cfg.seed, "dropout", t))
+        attacked, byz, g = round_threat(s, t)
+        flip = byz if attacked and flips_labels(s) else None
+        vector = honest_vectors(s, theta, t, flip, rows=[self.index])[0]
+        micros = int(1e6 * (time.perf_counter() - tic))
+        garbage = self.plan.before_send(t)
+        for server, (a, b) in zip(self.servers, self.shards, strict=True):
+            msg = Message(Kind.VEC, t, [vector[a:b]], extra=micros)
+            self._send(garble(garbage, msg) if garbage else msg, server)
+        if attacked and not s.attack.dimensional and self.index in byz.tolist():
+            self._attack(t, theta, g)
+
+    # -- the attack --------------------------------------------------------------------------
+
+    def _attack(self, t: int, theta: Tensor, g: torch.Generator) -> None:
+        knows = [self._know(t, server) for server in self.servers]
+        listed = [k is not None and self.index in _own(k) for k in knows]
+        if any(k is None for k in knows):
+            self._abstain(t, listed, "a server sent no knowledge this round")
+            return
+        # rows every server received (they agree unless a fault hit only some servers)
+        own = [w for w in _own(knows[0]) if all(w in _own(k) for k in knows)]
+        seen = [w for w in _seen(knows[0]) if all(w in _seen(k) for k in knows)]
+        if self.index not in own:
+            self._abstain(t, listed, "its vector did not reach every server")
+            return
+        own_rows = torch.cat([_rows(k, own) for k in knows], dim=1)
+        honest = torch.cat([_rows(k, seen) for k in knows], dim=1) if seen else None
+        n = self.cfg.workers if honest is None else len(own) + len(seen)
+        try:
+            rows = forge(self.s, t, theta, g, honest=honest, own=own_rows, n=n)
+        except ValueError as e:
+            self._abstain(t, listed, f"the attack failed: {e}")
+            return
+        mine = rows[own.index(self.index)]
+        for server, (a, b) in zip(self.servers, self.shards, strict=True):
+            self._send(Message(Kind.BYZ, t, [mine[a:b]]), server)
+
+    def _know(self, t: int, server: int) -> Message | None:
+        """Server ``server``'s KNOW of round t (None if it moved on without one)."""
+        while True:
+            msg = self._take(server)
+            if msg.kind == Kind.KNOW and msg.round == t:
+                return msg
+            if msg.kind in (Kind.ROUND, Kind.STOP) or msg.round > t:
+                self._pushed[server] = msg
+                return None
+
+    def _abstain(self, t: int, listed: list[bool], why: str) -> None:
+        log.warning("round %d: Byzantine worker %d abstains: %s", t, self.index, why)
+        for server in self.servers:  # every message of a worker has one part
+            if listed[server]:
+                self._send(Message(Kind.BYZ, t, [torch.zeros(1)], aux=ABSTAIN), server)
+
+    # -- messages ----------------------------------------------------------------------------
+
+    def _next_round(self) -> tuple[int, Tensor] | None:
+        """The newest round every server has sent, and theta joined from its shards; None
+        when a server says stop."""
+        got: list[Message | None] = [None] * self.cfg.servers
+        target = -1
+        while True:
+            for server in self.servers:
+                while (m := got[server]) is None or m.round < target:
+                    msg = self._take(server)
+                    if msg.kind == Kind.STOP:
+                        return None
+                    if msg.kind == Kind.ROUND:
+                        got[server] = msg
+                target = max(target, got[server].round)  # type: ignore[union-attr]
+            if all(m is not None and m.round == target for m in got):
+                theta = torch.cat([m.parts[0].reshape(-1) for m in got])  # type: ignore[union-attr]
+                return target, theta
+
+    def _take(self, server: int) -> Message:
+        msg = self._pushed[server]
+        if msg is not None:
+            self._pushed[server] = None
+            return msg
+        return protocol.recv(server, Channel.TO_WORKER, self.timeout)
+
+    def _send(self, msg: Message, server: int) -> None:
+        protocol.send(msg, server, Channel.TO_SERVER, self.timeout)
+
+
+def _own(know: Message) -> list[int]:
+    return know.parts[0].reshape(-1)[: know.aux].tolist()
+
+
+def _seen(know: Message) -> list[int]:
+    return know.parts[0].reshape(-1)[know.aux:].tolist()
+
+
+def _rows(know: Message, workers: list[int]) -> Tensor:
+    """The rows of ``workers`` in a KNOW message (its shard of their vectors)."""
+    order = know.parts[0].reshape(-1).tolist()
+    return know.parts[1][[order.index(w) for w in workers]]
