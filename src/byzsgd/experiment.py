@@ -23,7 +23,7 @@ import torch
 
 from byzsgd.config import ConfigError, ExperimentConfig, load_toml
 from byzsgd.progress import Progress
-from byzsgd.results import read_json, write_json
+from byzsgd.results import json_safe, read_json, write_json
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -142,8 +142,9 @@ def _summary_config(out: Path) -> dict[str, Any] | None:
 
 
 def config_json(config: ExperimentConfig) -> dict[str, Any]:
-    """The config as it reads back from JSON (tuples become lists)."""
-    return json.loads(json.dumps(config.to_dict()))
+    """The config as it reads back from a run's summary.json (tuples become lists,
+    non-finite floats None)."""
+    return json_safe(json.loads(json.dumps(config.to_dict())))
 
 
 def run_sweep(sweep: Sweep, out: str | Path, *, jobs: int = 1, quiet: bool = False

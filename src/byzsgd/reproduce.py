@@ -53,7 +53,7 @@ from typing import Any
 
 from byzsgd.config import ConfigError, ExperimentConfig
 from byzsgd.experiment import _raw, _run_one, _short, config_json
-from byzsgd.results import _json_safe, read_csv, read_json, write_json
+from byzsgd.results import read_csv, read_json, write_json
 
 #: Environment variable naming the experiments directory (else found from cwd / package).
 ENV_EXPERIMENTS = "BYZSGD_EXPERIMENTS"
@@ -256,13 +256,6 @@ def points(exp: Experiment, *, quick: bool = False, seeds: Sequence[int] | None 
 
 # -- running ------------------------------------------------------------------------------------
 
-def _stored_config(config: ExperimentConfig) -> Any:
-    """The config as summary.json stores it (non-finite floats such as ``p = inf`` become
-    null there; :func:`byzsgd.experiment.is_complete` compares without that step, so it
-    never finds such runs complete)."""
-    return _json_safe(config_json(config))
-
-
 def _state(run: Path, config: ExperimentConfig) -> str:
     """``complete``, ``partial`` (same config, resumable), ``stale`` (another config) or
     ``new``."""
@@ -273,7 +266,7 @@ def _state(run: Path, config: ExperimentConfig) -> str:
         done = read_json(summary)
     except (OSError, ValueError):
         return "stale"
-    if done.get("config") != _stored_config(config):
+    if done.get("config") != config_json(config):
         return "stale"
     return "complete" if done.get("status") == "complete" else "partial"
 

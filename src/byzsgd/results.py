@@ -25,16 +25,17 @@ def atomic_write(path: Path, text: str) -> None:
 
 
 def write_json(path: Path, value: Any) -> None:
-    atomic_write(path, json.dumps(_json_safe(value), indent=2, sort_keys=True) + "\n")
+    atomic_write(path, json.dumps(json_safe(value), indent=2, sort_keys=True) + "\n")
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """``value`` with non-finite floats as None (JSON has neither NaN nor Infinity)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 

@@ -16,8 +16,11 @@ entries are separated by ``;``, each ``action:role=index:round=R[-R2][:key=value
 
     kill:worker=2:round=3            worker 2 kills itself (SIGKILL) in round 3
     hang:worker=1:round=2:seconds=6  worker 1 sleeps 6 s before sending in round 2
-    garbage:worker=3:round=2-4:what=shape   wrong shape (also dtype, nan, header)
+    garbage:worker=3:round=2-4:what=shape   3 values too many in rounds 2 to 4
     kill:server=0:round=7            server 0 kills itself at the start of round 7
+
+``garbage`` spoils the vector as ``what`` says: ``shape`` (3 values too many), ``dtype``
+(float64), ``nan`` (all NaN) or ``header`` (a header of an unknown message kind).
 """
 
 from __future__ import annotations
@@ -139,7 +142,8 @@ def validate(parts: list[Tensor] | None, width: int) -> tuple[int, Tensor | None
     if p.numel() != width or p.shape[0] != 1:
         return MALFORMED, None, f"shape {tuple(p.shape)} instead of (1, {width})"
     row = p.reshape(-1)
-    if not bool(torch.isfinite(row).all()):
+    # min and max propagate NaN, and are infinite if any value is: one cheap pass
+    if not all(bool(torch.isfinite(m)) for m in torch.aminmax(row)):
         return NONFINITE, row, "non-finite values"
     return OK, row, ""
 

@@ -8,9 +8,10 @@ does -- dies (its connection closes: a ``dead`` event), hangs (nothing arrives: 
 passes), sends late (a stale round, dropped), sends garbage (a header that does not parse,
 or a payload of another shape or dtype) -- the round loop never blocks on it.
 
-Sends to a worker go through a queue too. A worker that did not answer the last round and
-has not taken its messages yet is skipped (absent) rather than sent more, so a hung worker
-holds at most one round's messages.
+Sends to a worker are posted by the round loop at once and waited on by the worker's
+sending thread. A worker that did not answer the last round and has not taken its messages
+yet is skipped (absent) rather than sent more, so a hung worker holds at most one round's
+messages.
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ from byzsgd.distributed.faults import (
 )
 from byzsgd.distributed.links import Event, WorkerLink
 from byzsgd.distributed.protocol import Channel, Kind, Message, Options
-from byzsgd.engine.round import corrupt, lr_of, round_diagnostics, round_threat
+from byzsgd.engine.round import corrupt, lr_of, round_threat
 from byzsgd.engine.server import Server
 from byzsgd.engine.simulator import METRIC_COLUMNS, ROUND_COLUMNS, Setup, Simulation
 from byzsgd.metrics import byzantine_selected
@@ -75,7 +75,6 @@ class ShardReport:
     sums: Tensor  # float64 [<g,a>, |g|^2, |a|^2, |a-g|^2] on this shard
     selected: float  # Byzantine rows the rule selected on this shard (NaN: no selection)
     timing: dict[str, float]  # compute / exchange / attack / aggregation, in ms
-    diag: dict[str, float] | None = None  # full diagnostics (single server only)
 
     def encode(self) -> Tensor:
         t = self.timing
@@ -116,6 +115,7 @@ class ShardServer:
         #: Workers that answered the last round: they took its messages (even if gloo has
         #: not told the sending thread yet), so the next round is queued for them.
         self.answered: set[int] = set()
+        self._matrix = torch.empty(cfg.workers, self.width)  # the received rows, reused
 
     # -- one round ---------------------------------------------------------------------------
 
@@ -142,7 +142,7 @@ class ShardServer:
                 fault(w, ABSENT, link.reason or "still busy with an earlier round")
         got = self._collect(t, Kind.VEC, sent)
         self.answered = {w for w, ev in got.items() if not ev.dead}
-        vectors = torch.full((n, self.width), float("nan"))
+        vectors = self._matrix.fill_(float("nan"))
         compute = 0.0
         for w in sent:
             code, row, why = self._classify(t, got.get(w), Kind.VEC)
@@ -157,9 +157,8 @@ class ShardServer:
             nan = float("nan")
             timing = {"compute": 0.0, "exchange": 1e3 * (exchange - start), "attack": 0.0,
                       "aggregation": 0.0}
-            diag = dict.fromkeys(("inner_product", "cosine", "aggregate_norm", "distance"), nan)
             return ShardReport(status, details, torch.full((4,), nan, dtype=torch.float64), nan,
-                               timing, diag if self.single else None)
+                               timing)
 
         # 3. the attack
         honest = torch.ones(n, dtype=torch.bool)
@@ -181,15 +180,27 @@ class ShardServer:
             self.theta = aggregate.value.clone()
         done = time.perf_counter()
         correct = honest & (status == OK)
-        truth = (vectors[correct].mean(dim=0) if bool(correct.any())
-                 else torch.full((self.width,), float("nan")))
-        g64, a64 = truth.double(), aggregate.value.double()
-        sums = torch.stack([g64 @ a64, g64 @ g64, a64 @ a64, (a64 - g64) @ (a64 - g64)])
-        diag = round_diagnostics(s, theta, truth, aggregate.value) if self.single else None
+        if bool(correct.all()):
+            truth = vectors.mean(dim=0)
+        elif bool(correct.any()):
+            truth = vectors[correct].mean(dim=0)
+        else:
+            truth = torch.full((self.width,), float("nan"))
         timing = {"compute": compute, "exchange": 1e3 * (exchange - start),
                   "attack": 1e3 * (attack - exchange), "aggregation": 1e3 * (done - attack)}
-        return ShardReport(status, details, sums, byzantine_selected(aggregate.selected, byz),
-                           timing, diag)
+        return ShardReport(status, details, self._sums(theta, truth, aggregate.value),
+                           byzantine_selected(aggregate.selected, byz), timing)
+
+    def _sums(self, theta: Tensor, truth: Tensor, aggregate: Tensor) -> Tensor:
+        """This shard's part of :func:`~byzsgd.engine.round.round_diagnostics`, in float64:
+        <g, a>, |g|^2, |a|^2 and |a - g|^2, of the gradients -- in model-averaging mode of
+        the implied updates theta_t - vector."""
+        if self.cfg.mode == "gradient":
+            g, a = truth.double(), aggregate.double()
+        else:
+            g, a = (theta - truth).double(), (theta - aggregate).double()
+        diff = a - g
+        return torch.stack([g @ a, g @ g, a @ a, diff @ diff])
 
     def _collect(self, t: int, kind: Kind, expected: set[int]) -> dict[int, Event]:
         """The events of ``expected`` workers for (t, kind) until all came or the deadline
@@ -356,10 +367,7 @@ class LeadServer(Simulation):
         status = torch.stack([r.status for r in reports]).amax(dim=0)
         details = {w: d for r in reversed(reports) for w, d in r.details.items()}
         counts = self.faults.record(t, status, details, byz)
-        if reports[0].diag is not None:
-            diag = reports[0].diag
-        else:
-            diag = _diagnostics(torch.stack([r.sums for r in reports]).sum(dim=0))
+        diag = _diagnostics(torch.stack([r.sums for r in reports]).sum(dim=0))
         selected = [r.selected for r in reports]
         row = {"round": t, "lr": self.lr(t), "attacked": int(attacked), **diag,
                "byzantine_selected": sum(selected) / len(selected), **counts}

@@ -131,8 +131,8 @@ class Worker:
                         got[server] = msg
                 target = max(target, got[server].round)  # type: ignore[union-attr]
             if all(m is not None and m.round == target for m in got):
-                theta = torch.cat([m.parts[0].reshape(-1) for m in got])  # type: ignore[union-attr]
-                return target, theta
+                shards = [m.parts[0].reshape(-1) for m in got]  # type: ignore[union-attr]
+                return target, shards[0] if len(shards) == 1 else torch.cat(shards)
 
     def _take(self, server: int) -> Message:
         msg = self._pushed[server]
