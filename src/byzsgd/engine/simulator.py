@@ -149,17 +149,18 @@ class Simulation:
         vectors = self.honest_vectors(t, byz if attacked and flips_labels(s) else None)
         honest_mask = torch.ones(cfg.workers, dtype=torch.bool)
         honest_mask[byz] = False
+        honest = vectors[honest_mask] if byz.numel() else vectors
+        truth = honest.mean(dim=0)
         sent = vectors
         if attacked and s.attack.dimensional:
             sent = corrupt(s, vectors, g)
         elif attacked:
-            sent = vectors.clone()
-            sent[byz] = forge(s, t, self.theta, g, honest=vectors[honest_mask],
-                              own=vectors[byz], n=cfg.workers)
+            # honest and own are copies, so the Byzantine rows can overwrite theirs in place
+            sent[byz] = forge(s, t, self.theta, g, honest=honest, own=vectors[byz],
+                              n=cfg.workers)
         aggregate = s.server.aggregate(sent)
         lr = self.lr(t)
-        diag = round_diagnostics(s, self.theta, vectors[honest_mask].mean(dim=0),
-                                 aggregate.value)
+        diag = round_diagnostics(s, self.theta, truth, aggregate.value)
         if cfg.mode == "gradient":
             self.theta = s.server.step(self.theta, aggregate.value, lr)
         else:
