@@ -3,7 +3,8 @@
 :mod:`.flatmodel` turns a model into a function of one flat parameter vector and computes
 all workers' gradients in one batched call; :mod:`.sampler` hands each worker its minibatch;
 :mod:`.server` aggregates (optionally per parameter shard) and steps; :mod:`.simulator` runs
-the rounds in one process. The distributed runtime reuses the server and the attack code.
+the rounds in one process; :mod:`.round` holds the pieces of a round that the simulator and
+the distributed runtime (:mod:`byzsgd.distributed`) share.
 """
 
 from .flatmodel import FlatModel
