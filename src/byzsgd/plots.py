@@ -44,13 +44,20 @@ def plot_curves(root: Path, out: Path, metric: str = "test_accuracy") -> Path:
     if not groups:
         raise FileNotFoundError(f"no runs (metrics.csv) under {root}")
     fig, ax = plt.subplots(figsize=(8, 5))
+    # One colour per rule, one line style per attack: a 4 x 3 grid stays readable.
+    rules = list(dict.fromkeys(label.split(" / ")[0] for label in sorted(groups)))
+    attacks = list(dict.fromkeys(label.split(" / ")[-1] for label in sorted(groups)))
+    styles = ["-", "--", ":", "-."]
     for label, seeds in sorted(groups.items()):
         length = min(len(rows) for rows in seeds)
         rounds = [int(seeds[0][i]["round"]) for i in range(length)]
         values = [[100 * float(rows[i][metric] or "nan") for rows in seeds] for i in range(length)]
         mean = [statistics.fmean(v) for v in values]
         std = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
-        (line,) = ax.plot(rounds, mean, label=label)
+        rule, attack = label.split(" / ")[0], label.split(" / ")[-1]
+        (line,) = ax.plot(rounds, mean, label=label,
+                          color=f"C{rules.index(rule) % 10}",
+                          linestyle=styles[attacks.index(attack) % len(styles)])
         ax.fill_between(rounds, [m - s for m, s in zip(mean, std, strict=True)],
                         [m + s for m, s in zip(mean, std, strict=True)],
                         color=line.get_color(), alpha=0.2)
