@@ -72,7 +72,7 @@ class Sweep:
     @classmethod
     def from_toml(cls, path: str | Path, overrides: dict[str, Any] | None = None,
                   seeds: list[int] | None = None) -> Sweep:
-        raw = _raw(path)
+        raw = read_toml(path)
         values = dict(raw.get("experiment", {k: v for k, v in raw.items() if k != "sweep"}))
         grid = dict(raw.get("sweep", {}))
         params = grid.pop("params", {})
@@ -97,22 +97,26 @@ class Sweep:
                     aggregator_params={**cfg.aggregator_params,
                                        **self.params.get(cfg.aggregator, {})},
                     attack_params={**cfg.attack_params, **self.params.get(cfg.attack, {})})
-                name = "__".join(f"{k}={_short(v)}" for k, v in changes.items())
+                name = "__".join(f"{k}={path_token(v)}" for k, v in changes.items())
                 out.append((f"{name}__seed={seed}" if name else f"seed={seed}", cfg))
         return out
 
 
-def _raw(path: str | Path) -> dict[str, Any]:
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """All tables of a TOML file (``[experiment]``, ``[sweep]``, ``[reproduce]``, ...)."""
     load_toml(path)  # the same errors as a run config for a missing or malformed file
     with open(path, "rb") as fh:
         return tomllib.load(fh)
 
 
-def _short(value: Any) -> str:
+def path_token(value: Any) -> str:
+    """``value`` as it appears in a run directory's name."""
     return str(value).replace("/", "-").replace(" ", "")
 
 
-def _run_one(job: tuple[str, dict[str, Any], str, int]) -> tuple[str, dict[str, Any]]:
+def run_job(job: tuple[str, dict[str, Any], str, int]) -> tuple[str, dict[str, Any]]:
+    """Run ``(name, config values, out dir, torch threads)`` in this process (a pool worker):
+    resume a partial run of the same config, start over a run of another config."""
     name, values, out, threads = job
     torch.set_num_threads(threads)
     config = ExperimentConfig(**values)
@@ -164,11 +168,11 @@ def run_sweep(sweep: Sweep, out: str | Path, *, jobs: int = 1, quiet: bool = Fal
     jobs_args = [(name, cfg.to_dict(), str(out / name), threads) for name, cfg in todo]
     if jobs <= 1:
         for i, job in enumerate(jobs_args, 1):
-            name, summary = _run_one(job)
+            name, summary = run_job(job)
             _report(quiet, i, len(jobs_args), name, summary)
     else:
         with mp.get_context("spawn").Pool(jobs) as pool:
-            for i, (name, summary) in enumerate(pool.imap_unordered(_run_one, jobs_args), 1):
+            for i, (name, summary) in enumerate(pool.imap_unordered(run_job, jobs_args), 1):
                 _report(quiet, i, len(jobs_args), name, summary)
     table = summarize(out, runs, list(sweep.axes))
     write_table(out / SWEEP_TABLE, table)

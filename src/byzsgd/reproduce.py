@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from byzsgd.config import ConfigError, ExperimentConfig
-from byzsgd.experiment import _raw, _run_one, _short, config_json
+from byzsgd.experiment import config_json, path_token, read_toml, run_job
 from byzsgd.results import read_csv, read_json, write_json
 
 #: Environment variable naming the experiments directory (else found from cwd / package).
@@ -97,7 +97,7 @@ def experiments_dir() -> Path:
 def available(directory: Path | None = None) -> list[str]:
     """Names of the experiments (``experiments/*.toml`` holding a ``[reproduce]`` table)."""
     d = directory or experiments_dir()
-    return sorted(p.stem for p in d.glob("*.toml") if "reproduce" in _raw(p))
+    return sorted(p.stem for p in d.glob("*.toml") if "reproduce" in read_toml(p))
 
 
 @dataclass
@@ -145,7 +145,7 @@ def load(name: str, directory: Path | None = None) -> Experiment:
         if not path.exists():
             known = ", ".join(available(d)) or "none"
             raise ConfigError(f"no experiment {name!r} in {d}; known: {known}")
-    raw = _raw(path)
+    raw = read_toml(path)
     if "reproduce" not in raw:
         raise ConfigError(f"{path}: no [reproduce] table (not a reproduction experiment)")
     info = dict(raw["reproduce"])
@@ -246,7 +246,7 @@ def points(exp: Experiment, *, quick: bool = False, seeds: Sequence[int] | None 
                     attack_params={**cfg.attack_params, **exp.params.get(cfg.attack, {}),
                                    **own.get("attack_params", {})})
                 parts = ([_slug(variant.label)] if variant.label else []) + \
-                    [f"{k}={_short(v)}" for k, v in changes.items()] + [f"seed={seed}"]
+                    [f"{k}={path_token(v)}" for k, v in changes.items()] + [f"seed={seed}"]
                 out.append(Point("__".join(parts), row, cfg))
     names = [p.name for p in out]
     if len(set(names)) != len(names):
@@ -304,10 +304,10 @@ def run_points(pts: list[Point], out: Path, *, jobs: int = 1, quiet: bool = Fals
 
     if jobs <= 1 or len(args) <= 1:
         for i, job in enumerate(args, 1):
-            report(i, *_run_one(job))
+            report(i, *run_job(job))
     else:
         with mp.get_context("spawn").Pool(min(jobs, len(args))) as pool:
-            for i, (name, summary) in enumerate(pool.imap_unordered(_run_one, args), 1):
+            for i, (name, summary) in enumerate(pool.imap_unordered(run_job, args), 1):
                 report(i, name, summary)
     return len(todo)
 
