@@ -10,7 +10,6 @@ from torch import Tensor
 
 from ._base import Aggregation, as_gradients, check_f, require
 from .distances import geometry
-from .krum import mean_of_rows
 
 #: Subsets evaluated per vectorized step.
 CHUNK = 16384
@@ -70,4 +69,4 @@ def brute_select(gradients: Tensor, f: int, *, p: float = 2.0,
     check_brute(x.shape[0], f, max_subsets)
     geo = geometry(x, p)
     chosen = smallest_diameter_subset(geo.sqdist, f)
-    return Aggregation(mean_of_rows(x, chosen, geo), chosen)
+    return Aggregation(geo.mean(x, chosen), chosen)

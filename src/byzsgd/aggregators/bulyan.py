@@ -34,8 +34,7 @@ def _closest_to_combination(x: Tensor, geo: Geometry, remaining: Tensor,
     if geo.gram is not None:
         sq = squared_distances_to_combination(geo.gram, alpha)[remaining]
     else:
-        rows = torch.nonzero(alpha, as_tuple=True)[0]
-        point = (alpha[rows].to(x.dtype)[:, None] * x[rows]).sum(dim=0, keepdim=True)
+        point = geo.combine(x, alpha)[None]
         sq = torch.cdist(point.double(), x[remaining].double(), p=geo.p)[0]
     sq = torch.where(geo.valid[remaining], sq, torch.full_like(sq, float("inf")))
     return int(torch.argmin(sq))

@@ -48,6 +48,25 @@ class Geometry:
         """Distances (not squared)."""
         return self.sqdist.sqrt()
 
+    def combine(self, x: Tensor, weights: Tensor) -> Tensor:
+        """``sum_i weights_i x_i`` over the rows of ``x`` this geometry describes: one
+        matrix-vector pass when every row is valid; otherwise only the rows with non-zero
+        weight are read (0 * NaN would poison a plain product). A single row of weight 1 is
+        returned exactly (a copy)."""
+        rows = torch.nonzero(weights, as_tuple=True)[0]
+        if rows.numel() == 1 and float(weights[rows[0]]) == 1.0:
+            return x[int(rows[0])].clone()
+        w = weights.to(x.dtype)
+        if bool(self.valid.all()):
+            return torch.mv(x.T, w)
+        return torch.mv(x.index_select(0, rows).T, w[rows])
+
+    def mean(self, x: Tensor, rows: Tensor) -> Tensor:
+        """Mean of the rows ``x[rows]``."""
+        weights = torch.zeros(x.shape[0], dtype=torch.float64)
+        weights[rows] = 1.0 / rows.numel()
+        return self.combine(x, weights)
+
 
 def _nan_to_inf(t: Tensor) -> Tensor:
     return torch.where(torch.isnan(t), torch.full_like(t, float("inf")), t)

@@ -50,16 +50,6 @@ def squared_distances_to_combination(gram: Tensor, alpha: Tensor) -> Tensor:
     return (alpha @ g_alpha - 2.0 * g_alpha + gram.diagonal()).clamp_(min=0.0)
 
 
-def combination_of_rows(x: Tensor, alpha: Tensor) -> Tensor:
-    """``sum_i alpha_i x_i`` reading only the rows with non-zero weight when others are
-    non-finite (0 * NaN would poison a plain matrix-vector product)."""
-    rows = torch.nonzero(alpha, as_tuple=True)[0]
-    weights = alpha.to(x.dtype)
-    if rows.numel() == x.shape[0] or bool(torch.isfinite(x).all()):
-        return torch.mv(x.T, weights)
-    return torch.mv(x.index_select(0, rows).T, weights[rows])
-
-
 def check_geomed(n: int, f: int, tol: float = 1e-6, max_iter: int = 200) -> None:
     check_f("geomed", n, f)
     require("geomed", n >= 2 * f + 1, "n >= 2f + 1 (a majority of correct vectors)", n, f)
@@ -84,7 +74,7 @@ def geomed_select(gradients: Tensor, f: int, *, tol: float = 1e-6,
     if members.numel() == 0:
         return Aggregation(x.mean(dim=0))
     alpha = weiszfeld(geo.gram, members, tol=tol, max_iter=max_iter)
-    return Aggregation(combination_of_rows(x, alpha))
+    return Aggregation(geo.combine(x, alpha))
 
 
 def check_medoid(n: int, f: int) -> None:

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from ._base import Aggregation, as_gradients, check_f, require
-from .distances import Geometry, geometry, rank_by_sum
+from .distances import geometry, rank_by_sum
 
 
 def krum_scores_order(sqdist: Tensor, f: int) -> Tensor:
@@ -28,17 +28,6 @@ def krum_scores_order(sqdist: Tensor, f: int) -> Tensor:
 def check_krum(n: int, f: int) -> None:
     check_f("krum", n, f)
     require("krum", n >= 2 * f + 3, "n >= 2f + 3", n, f)
-
-
-def mean_of_rows(x: Tensor, rows: Tensor, geo: Geometry | None = None) -> Tensor:
-    """Mean of ``x[rows]``; one pass over ``x`` when every row is finite."""
-    if rows.numel() == 1:
-        return x[int(rows[0])].clone()
-    if geo is not None and bool(geo.valid.all()):
-        weights = torch.zeros(x.shape[0], dtype=x.dtype)
-        weights[rows] = 1.0 / rows.numel()
-        return torch.mv(x.T, weights)
-    return x.index_select(0, rows).mean(dim=0)
 
 
 def krum_select(gradients: Tensor, f: int, *, p: float = 2.0) -> Aggregation:
@@ -68,4 +57,4 @@ def multi_krum_select(gradients: Tensor, f: int, *, m: int | None = None,
     check_multi_krum(n, f, m)
     geo = geometry(x, p)
     chosen = torch.sort(krum_scores_order(geo.sqdist, f)[: n - f if m is None else m]).values
-    return Aggregation(mean_of_rows(x, chosen, geo), chosen)
+    return Aggregation(geo.mean(x, chosen), chosen)
