@@ -4,6 +4,7 @@ anything runs, written back fully resolved next to the results."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -105,6 +106,13 @@ class ExperimentConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def to_json(self) -> dict[str, Any]:
+        """The config as a run's summary.json stores it (tuples as lists, non-finite floats
+        as None): what finished runs are compared against."""
+        from byzsgd.results import json_safe
+
+        return json_safe(json.loads(json.dumps(self.to_dict())))
 
     @property
     def rule_f(self) -> int:

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import multiprocessing as mp
 import os
 import statistics
@@ -23,7 +22,7 @@ import torch
 
 from byzsgd.config import ConfigError, ExperimentConfig, load_toml
 from byzsgd.progress import Progress
-from byzsgd.results import json_safe, read_json, write_json
+from byzsgd.results import read_json, write_json
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -121,7 +120,7 @@ def run_job(job: tuple[str, dict[str, Any], str, int]) -> tuple[str, dict[str, A
     torch.set_num_threads(threads)
     config = ExperimentConfig(**values)
     # A partial run of this very config is resumed; a run of an older grid is started over.
-    same = _summary_config(Path(out)) == config_json(config)
+    same = _summary_config(Path(out)) == config.to_json()
     summary = run(config, out, resume=same, overwrite=not same, quiet=True)
     return name, summary
 
@@ -135,7 +134,7 @@ def is_complete(out: Path, config: ExperimentConfig) -> bool:
         done = read_json(summary)
     except (OSError, ValueError):
         return False
-    return done.get("status") == "complete" and done.get("config") == config_json(config)
+    return done.get("status") == "complete" and done.get("config") == config.to_json()
 
 
 def _summary_config(out: Path) -> dict[str, Any] | None:
@@ -143,12 +142,6 @@ def _summary_config(out: Path) -> dict[str, Any] | None:
         return read_json(out / "summary.json").get("config")
     except (OSError, ValueError):
         return None
-
-
-def config_json(config: ExperimentConfig) -> dict[str, Any]:
-    """The config as it reads back from a run's summary.json (tuples become lists,
-    non-finite floats None)."""
-    return json_safe(json.loads(json.dumps(config.to_dict())))
 
 
 def run_sweep(sweep: Sweep, out: str | Path, *, jobs: int = 1, quiet: bool = False

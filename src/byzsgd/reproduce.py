@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from byzsgd.config import ConfigError, ExperimentConfig
-from byzsgd.experiment import config_json, path_token, read_toml, run_job
+from byzsgd.experiment import path_token, read_toml, run_job
 from byzsgd.results import read_csv, read_json, write_json
 
 #: Environment variable naming the experiments directory (else found from cwd / package).
@@ -266,7 +266,7 @@ def _state(run: Path, config: ExperimentConfig) -> str:
         done = read_json(summary)
     except (OSError, ValueError):
         return "stale"
-    if done.get("config") != config_json(config):
+    if done.get("config") != config.to_json():
         return "stale"
     return "complete" if done.get("status") == "complete" else "partial"
 
@@ -485,7 +485,7 @@ def reproduce(name: str, *, quick: bool = False, seeds: int | None = None, jobs:
     write_json(previous, {"name": exp.name, "quick": quick, "runs": [p.name for p in pts],
                           "runs_executed": executed, "wall_seconds": wall,
                           "wall_seconds_total": total,
-                          "configs": {p.name: config_json(p.config) for p in pts[:1]}})
+                          "configs": {p.name: p.config.to_json() for p in pts[:1]}})
     command = f"byzsgd reproduce {exp.name}" + (" --quick" if quick else "") + (
         f" --seeds {seeds}" if seeds is not None else "")
     seeds_used = sorted({p.config.seed for p in pts})

@@ -44,6 +44,18 @@ class Dataset:
             raise ValueError(f"{self.name}: train images are {tuple(self.x_train.shape[1:])} "
                              f"but test images are {tuple(self.x_test.shape[1:])}")
 
+    @classmethod
+    def from_arrays(cls, name: str, arrays: dict[str, np.ndarray], num_classes: int
+                    ) -> Dataset:
+        """From uint8 images and integer labels under the keys ``x_train``, ``y_train``,
+        ``x_test``, ``y_test`` (what every loader's parser returns)."""
+        return cls(name=name,
+                   x_train=images_to_tensor(arrays["x_train"]),
+                   y_train=labels_to_tensor(arrays["y_train"]),
+                   x_test=images_to_tensor(arrays["x_test"]),
+                   y_test=labels_to_tensor(arrays["y_test"]),
+                   num_classes=num_classes)
+
     @property
     def input_shape(self) -> tuple[int, int, int]:
         """The shape (C, H, W) of one image."""

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from byzsgd.data._dataset import Dataset, images_to_tensor, labels_to_tensor
+from byzsgd.data._dataset import Dataset
 from byzsgd.data._download import Checksum, DownloadError, fetch
 from byzsgd.data._files import DataUnavailableError, cached_arrays, data_root
 
@@ -173,11 +173,4 @@ def load(data_dir: str | os.PathLike[str] | None = None, download: bool = True,
     sources = ([location / n for n in (*TRAIN_BATCHES, TEST_BATCH)] if location.is_dir()
                else [location])
     arrays = cached_arrays("cifar10", sources, lambda: _parse(location))
-    return Dataset(
-        name="cifar10",
-        x_train=images_to_tensor(arrays["x_train"]),
-        y_train=labels_to_tensor(arrays["y_train"]),
-        x_test=images_to_tensor(arrays["x_test"]),
-        y_test=labels_to_tensor(arrays["y_test"]),
-        num_classes=10,
-    )
+    return Dataset.from_arrays("cifar10", arrays, 10)

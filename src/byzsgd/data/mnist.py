@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from byzsgd.data._dataset import Dataset, images_to_tensor, labels_to_tensor
+from byzsgd.data._dataset import Dataset
 from byzsgd.data._download import Checksum, DownloadError, fetch
 from byzsgd.data._files import DataUnavailableError, cached_arrays, data_root, find_file
 from byzsgd.data.idx import read_idx
@@ -163,11 +163,4 @@ def load(source: IdxSource = MNIST, data_dir: str | os.PathLike[str] | None = No
     paths = locate(source, data_dir, download)
     ordered = [paths[role] for role in FILES]
     arrays = cached_arrays(source.name, ordered, lambda: _parse(paths, source))
-    return Dataset(
-        name=source.name,
-        x_train=images_to_tensor(arrays["x_train"]),
-        y_train=labels_to_tensor(arrays["y_train"]),
-        x_test=images_to_tensor(arrays["x_test"]),
-        y_test=labels_to_tensor(arrays["y_test"]),
-        num_classes=source.num_classes,
-    )
+    return Dataset.from_arrays(source.name, arrays, source.num_classes)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from byzsgd.data._dataset import Dataset, images_to_tensor, labels_to_tensor
+from byzsgd.data._dataset import Dataset
 from byzsgd.data._files import DataUnavailableError
 
 _RELATIVE = Path("data") / "data" / "mnist_5k.csv.gz"
@@ -77,11 +77,4 @@ def load() -> Dataset:
     """Load mnist-5k: 4,000 training and 1,000 test images of shape (1, 28, 28)."""
     # Parsing takes ~0.1 s, so unlike the full data sets this one is not cached.
     arrays = _parse(csv_path())
-    return Dataset(
-        name="mnist-5k",
-        x_train=images_to_tensor(arrays["x_train"]),
-        y_train=labels_to_tensor(arrays["y_train"]),
-        x_test=images_to_tensor(arrays["x_test"]),
-        y_test=labels_to_tensor(arrays["y_test"]),
-        num_classes=10,
-    )
+    return Dataset.from_arrays("mnist-5k", arrays, 10)

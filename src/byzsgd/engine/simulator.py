@@ -17,7 +17,6 @@ numbers as an uninterrupted one.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -230,7 +229,7 @@ class Simulation:
         metrics = CsvLog(files["metrics.csv"], self.metric_columns)
         rounds = CsvLog(files["rounds.csv"], self.round_columns)
         summary: dict[str, Any] = {"status": "running", "d": self.s.flat.d,
-                                   "config": json.loads(json.dumps(cfg.to_dict()))}
+                                   "config": cfg.to_json()}
         interval: list[dict[str, float]] = []
         last: dict[str, float] = {}
 
