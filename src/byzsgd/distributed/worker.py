@@ -26,7 +26,7 @@ from byzsgd.distributed.faults import FaultPlan, garble
 from byzsgd.distributed.protocol import ABSTAIN, Channel, Kind, Message, Options
 from byzsgd.engine.round import flips_labels, forge, honest_vectors, round_threat
 from byzsgd.engine.simulator import Setup
-from byzsgd.seeding import derive_seed
+from byzsgd.seeding import seed_round_dropout
 
 log = logging.getLogger("byzsgd.distributed")
 
@@ -60,7 +60,7 @@ class Worker:
     def _round(self, t: int, theta: Tensor) -> None:
         cfg, s = self.cfg, self.s
         tic = time.perf_counter()
-        torch.manual_seed(derive_seed(cfg.seed, "dropout", t))
+        seed_round_dropout(cfg.seed, t)
         attacked, byz, g = round_threat(s, t)
         flip = byz if attacked and flips_labels(s) else None
         vector = honest_vectors(s, theta, t, flip, rows=[self.index])[0]

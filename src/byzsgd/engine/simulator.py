@@ -53,7 +53,7 @@ from byzsgd.results import (
     truncate_rows,
     write_json,
 )
-from byzsgd.seeding import derive_seed, generator_for
+from byzsgd.seeding import generator_for, seed_round_dropout
 from byzsgd.threat import ThreatModel
 
 ROUND_COLUMNS = ["round", "lr", "attacked", "inner_product", "cosine", "aggregate_norm",
@@ -149,7 +149,7 @@ class Simulation:
 
     def round(self, t: int) -> dict[str, float]:
         cfg, s = self.cfg, self.s
-        torch.manual_seed(derive_seed(cfg.seed, "dropout", t))  # vmap's dropout draws
+        seed_round_dropout(cfg.seed, t)
         attacked, byz, g = round_threat(s, t)
         honest_mask = torch.ones(cfg.workers, dtype=torch.bool)
         honest_mask[byz] = False
