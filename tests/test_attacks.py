@@ -3,6 +3,7 @@ et al., bit flips on known floats, frequencies of the gambler, properties and va
 
 from __future__ import annotations
 
+import itertools
 import math
 import struct
 from statistics import NormalDist
@@ -248,11 +249,11 @@ def test_alie_all_workers_and_single_sample():
         A.get("alie")(own=own, f=5)
 
 
-def linear_backdoor(d_in=5, classes=3, seed=0):
+def linear_backdoor(d_in=5, classes=3, seed=0, dtype=torch.float32):
     """A linear softmax model at w0; v is a gradient, the model it produces is w0 - 0.5 v."""
     g = torch.Generator().manual_seed(seed)
-    w0 = torch.randn(d_in * classes, generator=g)
-    x = torch.randn(4, d_in, generator=g)
+    w0 = torch.randn(d_in * classes, generator=g, dtype=dtype)
+    x = torch.randn(4, d_in, generator=g, dtype=dtype)
     target = (torch.argmax(x @ w0.view(d_in, classes), dim=1) + 1) % classes
 
     def loss(v):
@@ -267,14 +268,18 @@ def test_alie_backdoor_in_range_and_lowers_loss():
     own = torch.randn(6, d, generator=g)
     honest = torch.randn(10, d, generator=g)
     mu, sigma = own.mean(0), own.std(0)
-    for z in (0.2, 1.0):
-        attack = A.get("alie-backdoor", z=z, alpha=0.5, steps=20)
+    # sgd with an odd number of steps - 1 (flips) pushes the wrong way, as the literal
+    # procedure does (test_alie_backdoor_sgd_is_the_literal_procedure)
+    for z, (method, steps) in itertools.product((0.2, 1.0), (("sgd", 5), ("minimize", 20))):
+        attack = A.get("alie-backdoor", z=z, alpha=0.5, steps=steps, method=method)
         out = attack(honest=honest, own=own, f=6, backdoor_loss=loss)
         assert torch.equal(out, out[:1].expand(6, -1))
         assert bool(((out - mu).abs() <= z * sigma * (1 + 1e-6) + 1e-6).all())
         assert float(loss(out[0])) < float(loss(mu))
     default = A.get("alie-backdoor")
-    assert (default.alpha, default.z, default.steps) == (0.2, 0.2, 5)
+    assert (default.alpha, default.z, default.steps, default.method, default.lr) == (
+        0.2, 0.2, 5, "sgd", 0.1)
+    assert A.get("alie-backdoor", method="minimize").lr == 0.5
     out = default(honest=honest, own=own, f=6, backdoor_loss=loss)
     assert float(loss(out[0])) < float(loss(mu))
     torch.testing.assert_close(A.get("alie-backdoor", steps=0)(own=own, f=6, n=16,
@@ -286,6 +291,41 @@ def test_alie_backdoor_in_range_and_lowers_loss():
         default(honest=honest, own=own, f=6)
     with pytest.raises(ValueError, match="alpha must be <= 1"):
         A.get("alie-backdoor", alpha=1.5)
+    with pytest.raises(ValueError, match="method must be one of sgd, minimize"):
+        A.get("alie-backdoor", method="adam")
+
+
+def literal_algorithm4(loss, mu, sigma, *, alpha, z, lr, steps):
+    """A Little Is Enough's Algorithm 4 read literally: plain gradient descent on v from mu on
+    alpha * l_backdoor + (1 - alpha) * l_delta (eq. 3-4), gradients re-evaluated at every
+    iterate (float64), then the clamp to mu +/- z sigma."""
+    scale = (z * sigma).clamp(min=1e-5)
+    v = mu.clone()
+    for _ in range(steps):
+        v = v.detach().requires_grad_(True)
+        total = alpha * loss(v) + (1 - alpha) * ((v - mu) / scale).square().sum()
+        (grad,) = torch.autograd.grad(total, v)
+        v = v - lr * grad
+    return torch.maximum(mu - z * sigma, torch.minimum(v.detach(), mu + z * sigma))
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4, 5])
+def test_alie_backdoor_sgd_is_the_literal_procedure(steps):
+    """With gradient-sized sigma the literal descent explodes with alternating signs and the
+    clamp leaves the edge push, mu - z sigma sign(grad l_backdoor(mu)) after an even number of
+    flips (steps - 1), reversed after an odd one. The attack's closed form agrees."""
+    loss64, d = linear_backdoor(dtype=torch.float64)
+    g = torch.Generator().manual_seed(3)
+    own = 1e-2 * torch.randn(6, d, generator=g, dtype=torch.float64)
+    mu, sigma = own.mean(0), own.std(0)
+    literal = literal_algorithm4(loss64, mu, sigma, alpha=0.2, z=0.2, lr=0.1, steps=steps)
+    attack = A.get("alie-backdoor", alpha=0.2, z=0.2, lr=0.1, steps=steps)
+    out = attack(own=own.float(), f=6, n=16, backdoor_loss=lambda v: loss64(v.double()))[0]
+    torch.testing.assert_close(out.double(), literal, rtol=1e-5, atol=1e-6)
+    if steps > 1:  # on an edge: the descent side after an even number (steps - 1) of flips
+        side = 1.0 if steps % 2 == 1 else -1.0
+        push = mu - side * 0.2 * sigma * torch.sign(torch.func.grad(loss64)(mu))
+        torch.testing.assert_close(out.double(), push, rtol=1e-5, atol=1e-7)
 
 
 # --- Hidden Vulnerability 3.2-3.3 --------------------------------------------------------------
