@@ -107,6 +107,23 @@ def test_ipm_breaks_median_for_positive_epsilon_only(tmp_path):
     assert results[10.0]["negative"] >= 5 and results[-10.0]["negative"] == 0
 
 
+@pytest.mark.slow
+def test_alie_pattern_backdoor_is_planted_by_the_literal_algorithm4(tmp_path):
+    """A Little Is Enough, Table 3 in small (mnist-5k, n = 11, m = 3, Krum, standardized
+    inputs, alpha = z = 0.2): Algorithm 4 read literally (method "sgd", the edge push) plants
+    the pattern; descending to the minimizer of Eq. 3 ("minimize") leaves mu and plants
+    nothing (REPRODUCTION.md, Engine findings)."""
+    success = {}
+    for method in ("sgd", "minimize"):
+        out = tmp_path / method
+        run(cfg(dataset="mnist-5k", model="mlp", lr=0.1, momentum=0.9, workers=11,
+                byzantine=3, selection="fixed", knowledge="own", aggregator="krum",
+                attack="alie-backdoor", attack_params={"method": method}, backdoor="pattern",
+                inputs="standardized", batch_size=32, rounds=80, eval_every=40), out)
+        success[method] = float(read_csv(out / "metrics.csv")[-1]["backdoor_success"])
+    assert success["sgd"] > 0.5 > 0.2 > success["minimize"], success
+
+
 @pytest.mark.parametrize("changes", [
     dict(mode="model-averaging", local_steps=2, aggregator="trimmed-mean", attack="alie"),
     dict(servers=4, aggregator="meamed", attack="gambler", byzantine=2),
