@@ -3,6 +3,7 @@ full scale, its paper numbers name real table rows, and runs end to end in --qui
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,9 @@ def test_quick_reproduction(name: str, tmp_path: Path) -> None:
     again = reproduce.reproduce(name, quick=True, out=tmp_path, jobs=1, quiet=True,
                                 directory=EXPERIMENTS, threads=1)
     assert again.runs_executed == 0
+    # the wall clock reported over invocations adds the second one's to the first one's
+    meta = json.loads((tmp_path / "reproduce.json").read_text())
+    assert meta["wall_seconds_total"] == pytest.approx(result.wall_seconds + again.wall_seconds)
 
 
 @pytest.mark.slow

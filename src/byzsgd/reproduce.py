@@ -481,7 +481,8 @@ def reproduce(name: str, *, quick: bool = False, seeds: int | None = None, jobs:
     figure = make_plot(exp, pts, out_dir, table, out_dir / "figure.png")
     previous = out_dir / "reproduce.json"
     history = read_json(previous) if previous.exists() else {}
-    total = float(history.get("wall_seconds_total", 0.0)) + wall
+    # time over the invocations that produced the current runs (all of them ran now: this one)
+    total = wall if executed == len(pts) else float(history.get("wall_seconds_total", 0.0)) + wall
     write_json(previous, {"name": exp.name, "quick": quick, "runs": [p.name for p in pts],
                           "runs_executed": executed, "wall_seconds": wall,
                           "wall_seconds_total": total,
