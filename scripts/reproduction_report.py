@@ -70,7 +70,7 @@ def section(name: str, runs: Path) -> tuple[str, dict[str, str]] | None:
         shutil.copyfile(figure, DOCS / f"{name}.png")
         text += [f"![{name}](docs/reproduction/{name}.png)", ""]
     wall = float(meta.get("wall_seconds_total", 0.0))
-    text += [f"**Wall clock.** {_minutes(wall)} (`byzsgd reproduce all --jobs 2`: two "
+    text += [f"**Wall clock.** {_minutes(wall)} (`--jobs 2`: two "
              f"single-threaded runs at a time on the 2 cores), of which {_minutes(train)} of "
              f"training rounds summed over runs (evaluation excluded).", "",
              f"**Verdict: {label}.**  {str(verdict.get('text', '')).strip()}", ""]
@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> None:
                 f"{r['label']} | {r['wall']} |" for r in rows]
     total = sum(float(r["seconds"]) for r in rows)
     summary += ["", f"Total wall clock of the experiments above: {_minutes(total)} elapsed "
-                f"(`byzsgd reproduce all --jobs 2` on the 2-core machine).", ""]
+                f"(the sum of their `byzsgd reproduce NAME --jobs 2` wall clocks on the "
+                f"2-core machine).", ""]
     header = (DOCS / "header.md").read_text().rstrip() + "\n\n"
     footer = (DOCS / "footer.md").read_text().rstrip() + "\n"
     Path(args.out).write_text(header + "\n".join(summary) + "\n\n" + "\n".join(body) + footer)
