@@ -1,4 +1,5 @@
-"""Centered Gram kernel speed against torch's ``x @ x.T`` and one read pass ``x.sum(0)``.
+"""Distance kernels: the centered Gram matrix against torch's ``x @ x.T`` and one read pass
+``x.sum(0)``; the max-norm (l_inf) distances against ``torch.cdist(p=inf)``.
 
     python benchmarks/gram.py              # n in {25, 51}, d in {1e5, 1e6}, median of 15 runs
     python benchmarks/gram.py --quick      # small sizes, for a smoke run
@@ -19,6 +20,7 @@ from collections.abc import Callable
 import torch
 
 from byzsgd.aggregators._gram import centered_gram, warmup
+from byzsgd.aggregators._linf import linf_distances
 
 
 def interleaved_medians(ops: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
@@ -70,6 +72,19 @@ def main(argv: list[str] | None = None) -> None:
         err = ((centered_gram(x, center) - ref).abs().max() / ref.diagonal().max()).item()
         print(f"{n:>3} {d:>9} {ms['gram']:>8.1f} {ms['mm']:>9.1f} {ms['sum']:>7.1f} "
               f"{ms['mm'] / ms['gram']:>10.2f} {ms['gram'] / ms['sum']:>8.2f} {err:>11.1e}")
+    print()
+    print("l_inf distances (Hidden Vulnerability's l_inf setting: 30 + 27 workers, the MNIST MLP)")
+    header = f"{'n':>3} {'d':>9} {'kernel ms':>9} {'cdist ms':>9} {'cdist/kernel':>12}"
+    print(header)
+    print("-" * len(header))
+    inf = float("inf")
+    for n, d in [(25, 10_000)] if args.quick else [(57, 79_510), (25, 1_000_000)]:
+        x = torch.randn(n, d, generator=gen)
+        ms = interleaved_medians({"kernel": lambda x=x: linf_distances(x),
+                                  "cdist": lambda x=x: torch.cdist(x, x, p=inf)}, repeats)
+        assert torch.equal(linf_distances(x), torch.cdist(x.double(), x.double(), p=inf))
+        print(f"{n:>3} {d:>9} {ms['kernel']:>9.1f} {ms['cdist']:>9.1f} "
+              f"{ms['cdist'] / ms['kernel']:>12.1f}")
     print(f"load average after: {load()}")
 
 
