@@ -82,6 +82,33 @@ def test_sweep_skips_finished_runs_and_plots(tmp_path, capsys):
     assert (out / "curves.pdf").exists() and (out / "heatmap.pdf").exists()
 
 
+def test_sweep_over_an_attack_parameter(tmp_path, capsys):
+    """A [sweep] axis can be a parameter of the attack (or rule): it overrides the same key
+    given for that attack under [sweep.params.NAME] and in [experiment]."""
+    config = tmp_path / "s.toml"
+    config.write_text('[experiment]\ndataset = "synthetic"\nmodel = "logreg"\nworkers = 11\n'
+                      'byzantine = 2\nrounds = 4\neval_every = 4\nbatch_size = 16\n'
+                      'attack = "ipm"\nattack_params = { epsilon = 3.0 }\n'
+                      '[sweep]\naggregator = ["median"]\nattack_params.epsilon = [0.1, 10.0]\n'
+                      'seeds = [0]\n[sweep.params.ipm]\nepsilon = 0.5\n')
+    out = tmp_path / "sweep"
+    assert main(["sweep", "--config", str(config), "--out", str(out), "--jobs", "1",
+                 "--no-plot"]) == 0
+    table = read_csv(out / "sweep.csv")
+    assert sorted(float(r["attack_params.epsilon"]) for r in table) == [0.1, 10.0]
+    runs = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert runs == ["aggregator=median__attack_params.epsilon=0.1__seed=0",
+                    "aggregator=median__attack_params.epsilon=10.0__seed=0"]
+    for run_dir, eps in zip(runs, (0.1, 10.0), strict=True):
+        assert read_json(out / run_dir / "summary.json")["config"]["attack_params"] == {
+            "epsilon": eps}
+    bad = tmp_path / "bad.toml"
+    bad.write_text(config.read_text().replace("attack_params.epsilon", "attack.epsilon"))
+    capsys.readouterr()
+    assert main(["sweep", "--config", str(bad), "--out", str(tmp_path / "b")]) == 2
+    assert "is not a config field or a rule or attack parameter" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_sweep_in_parallel_processes(tmp_path):
     config = tmp_path / "s.toml"

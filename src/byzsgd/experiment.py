@@ -57,11 +57,19 @@ def holds_run(out: Path) -> bool:
 
 # -- sweeps ------------------------------------------------------------------------------------
 
+#: Config fields holding a rule's or an attack's parameters, which sweeps can vary key by key.
+PARAM_AXES = ("aggregator_params", "attack_params")
+
 @dataclass(frozen=True)
 class Sweep:
     """A grid of runs: the ``base`` config, the ``axes`` (field -> values) whose product is
     taken, the ``seeds``, and per-name parameters applied when a rule or attack of that name
-    runs (``params[name] = {key: value}``)."""
+    runs (``params[name] = {key: value}``).
+
+    An axis is a config field (``aggregator``, ``byzantine``, ...) or a parameter of the rule or
+    the attack, named ``aggregator_params.KEY`` / ``attack_params.KEY`` (in the TOML file
+    ``attack_params.z = [0.5, 1.0]`` under ``[sweep]``); a parameter axis overrides the same
+    key of the base config and of ``params``."""
 
     base: ExperimentConfig
     axes: dict[str, list[Any]]
@@ -76,9 +84,14 @@ class Sweep:
         grid = dict(raw.get("sweep", {}))
         params = grid.pop("params", {})
         file_seeds = grid.pop("seeds", [values.get("seed", 0)])
+        for group in [k for k, v in grid.items() if isinstance(v, dict)]:
+            # a dotted key (attack_params.z = [...]) arrives as {"attack_params": {"z": [...]}}
+            grid.update({f"{group}.{k}": v for k, v in grid.pop(group).items()})
         for key, value in grid.items():
-            if key not in ExperimentConfig.field_names():
-                raise ConfigError(f"{path}: [sweep] axis {key!r} is not a config field")
+            head, dot, _ = key.partition(".")
+            if head not in ExperimentConfig.field_names() or (dot and head not in PARAM_AXES):
+                raise ConfigError(f"{path}: [sweep] axis {key!r} is not a config field or a "
+                                  f"rule or attack parameter ({' or '.join(PARAM_AXES)}.KEY)")
             if not isinstance(value, list):
                 raise ConfigError(f"{path}: [sweep] {key} must be a list of values")
         base = ExperimentConfig.from_dict({**values, **(overrides or {})})
@@ -90,15 +103,27 @@ class Sweep:
         keys = list(self.axes)
         for combo in itertools.product(*(self.axes[k] for k in keys)):
             changes = dict(zip(keys, combo, strict=True))
+            fields = {k: v for k, v in changes.items() if "." not in k}
             for seed in self.seeds:
-                cfg = self.base.replace(**changes, seed=seed)
-                cfg = cfg.replace(
-                    aggregator_params={**cfg.aggregator_params,
-                                       **self.params.get(cfg.aggregator, {})},
-                    attack_params={**cfg.attack_params, **self.params.get(cfg.attack, {})})
+                cfg = self.base.replace(**fields, seed=seed)
+                named = {"aggregator_params": self.params.get(cfg.aggregator, {}),
+                         "attack_params": self.params.get(cfg.attack, {})}
+                cfg = cfg.replace(**{
+                    group: {**getattr(cfg, group), **named[group],
+                            **{k.partition(".")[2]: v for k, v in changes.items()
+                               if k.partition(".")[0] == group}}
+                    for group in PARAM_AXES})
                 name = "__".join(f"{k}={path_token(v)}" for k, v in changes.items())
                 out.append((f"{name}__seed={seed}" if name else f"seed={seed}", cfg))
         return out
+
+
+def config_value(cfg: ExperimentConfig, key: str) -> Any:
+    """A config value by (dotted) name: ``batch_size``, ``attack_params.epsilon`` (None when
+    that parameter is not set)."""
+    head, _, rest = key.partition(".")
+    value = getattr(cfg, head)
+    return value.get(rest) if rest else value
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
@@ -186,7 +211,7 @@ def summarize(out: Path, runs: Iterable[tuple[str, ExperimentConfig]], axes: lis
     """Mean and standard deviation over seeds of each grid point's final and best accuracy."""
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for name, cfg in runs:
-        key = tuple(getattr(cfg, a) for a in axes)
+        key = tuple(config_value(cfg, a) for a in axes)
         summary = read_json(out / name / "summary.json")
         groups.setdefault(key, []).append(summary)
     table = []

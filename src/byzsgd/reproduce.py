@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from byzsgd.config import ConfigError, ExperimentConfig
-from byzsgd.experiment import path_token, read_toml, run_job
+from byzsgd.experiment import config_value, path_token, read_toml, run_job
 from byzsgd.results import read_csv, read_json, write_json
 
 #: Environment variable naming the experiments directory (else found from cwd / package).
@@ -392,13 +392,6 @@ def markdown_table(exp: Experiment, table: list[dict[str, Any]]) -> str:
 
 # -- plotting -----------------------------------------------------------------------------------
 
-def _lookup(cfg: ExperimentConfig, key: str) -> Any:
-    """A config value by (dotted) name: ``batch_size``, ``attack_params.epsilon``."""
-    head, _, rest = key.partition(".")
-    value = getattr(cfg, head)
-    return value.get(rest) if rest else value
-
-
 def make_plot(exp: Experiment, pts: list[Point], out: Path, table: list[dict[str, Any]],
               path: Path) -> Path | None:
     """The figure of the experiment, by ``[reproduce] plot.kind``: ``curves`` (a metric vs
@@ -413,7 +406,8 @@ def make_plot(exp: Experiment, pts: list[Point], out: Path, table: list[dict[str
         panel_key = spec.get("panel")
         groups: dict[str, dict[str, list[Path]]] = {}
         for p in pts:
-            panel = "" if panel_key is None else f"{panel_key}={_fmt(_lookup(p.config, panel_key))}"
+            panel = ("" if panel_key is None
+                     else f"{panel_key}={_fmt(config_value(p.config, panel_key))}")
             label = " / ".join(part for part in p.row.split(" / ") if part != panel) or p.row
             groups.setdefault(panel, {}).setdefault(label, []).append(out / p.name)
         return plots.plot_run_groups(groups, path, metric=spec.get("metric", "test_accuracy"),
@@ -430,11 +424,11 @@ def make_plot(exp: Experiment, pts: list[Point], out: Path, table: list[dict[str
                 continue
             seen.add(p.row)
             e = by_row[p.row]
-            name = _fmt(_lookup(p.config, series_key))
+            name = _fmt(config_value(p.config, series_key))
             series.setdefault(name, []).append(
-                (float(_lookup(p.config, x_key)), e[f"{column}_mean"], e[f"{column}_std"]))
+                (float(config_value(p.config, x_key)), e[f"{column}_mean"], e[f"{column}_std"]))
         scale = 100.0 if METRICS.get(column, ("", ""))[1] == "pct" else 1.0
-        paper = [(float(_lookup(p.config, x_key)), _float(exp.paper_values.get(p.row)) / scale,
+        paper = [(float(config_value(p.config, x_key)), _float(exp.paper_values.get(p.row)) / scale,
                   0.0) for p in pts if p.row in exp.paper_values]
         if paper and not any(math.isnan(v[1]) for v in paper):  # the paper's own numbers
             series["paper"] = sorted(set(paper))
