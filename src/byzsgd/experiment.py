@@ -60,6 +60,7 @@ def holds_run(out: Path) -> bool:
 #: Config fields holding a rule's or an attack's parameters, which sweeps can vary key by key.
 PARAM_AXES = ("aggregator_params", "attack_params")
 
+
 @dataclass(frozen=True)
 class Sweep:
     """A grid of runs: the ``base`` config, the ``axes`` (field -> values) whose product is

@@ -161,14 +161,18 @@ class AlieBackdoor(_AlieBase):
             loss_fn, mu, scale)
         return ctx.rows(torch.maximum(mu - bound, torch.minimum(v, mu + bound)))
 
+    def _backdoor_loss(self, loss_fn: BackdoorLoss, v: Tensor) -> Tensor:
+        """l_backdoor(v) as a 0-d tensor (under autograd when the caller enables it)."""
+        loss = loss_fn(v)
+        if not isinstance(loss, Tensor) or loss.numel() != 1:
+            raise ValueError(f"{self.name}: backdoor_loss must return a scalar tensor, got "
+                             f"{type(loss).__name__}")
+        return loss.reshape(())
+
     def _backdoor_grad(self, loss_fn: BackdoorLoss, v: Tensor) -> Tensor:
         v = v.detach().requires_grad_(True)
         with torch.enable_grad():
-            loss = loss_fn(v)
-            if not isinstance(loss, Tensor) or loss.numel() != 1:
-                raise ValueError(f"{self.name}: backdoor_loss must return a scalar "
-                                 f"tensor, got {type(loss).__name__}")
-            (grad,) = torch.autograd.grad(loss.reshape(()), v)
+            (grad,) = torch.autograd.grad(self._backdoor_loss(loss_fn, v), v)
         return grad
 
     def _sgd(self, loss_fn: BackdoorLoss, mu: Tensor, scale: Tensor) -> Tensor:
@@ -196,11 +200,8 @@ class AlieBackdoor(_AlieBase):
             optimizer = torch.optim.SGD([u], lr=self.lr)
             for _ in range(self.steps):
                 optimizer.zero_grad()
-                backdoor = loss_fn(mu + scale * u)
-                if not isinstance(backdoor, Tensor) or backdoor.numel() != 1:
-                    raise ValueError(f"{self.name}: backdoor_loss must return a scalar "
-                                     f"tensor, got {type(backdoor).__name__}")
-                loss = self.alpha * backdoor.reshape(()) + (1 - self.alpha) * u.square().sum()
+                backdoor = self._backdoor_loss(loss_fn, mu + scale * u)
+                loss = self.alpha * backdoor + (1 - self.alpha) * u.square().sum()
                 loss.backward()
                 optimizer.step()
         return mu + scale * u.detach()
