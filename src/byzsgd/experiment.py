@@ -105,15 +105,19 @@ class Sweep:
         for combo in itertools.product(*(self.axes[k] for k in keys)):
             changes = dict(zip(keys, combo, strict=True))
             fields = {k: v for k, v in changes.items() if "." not in k}
+            swept: dict[str, dict[str, Any]] = {group: {} for group in PARAM_AXES}
+            for key, value in changes.items():
+                group, _, param = key.partition(".")
+                if param:
+                    swept[group][param] = value
             for seed in self.seeds:
                 cfg = self.base.replace(**fields, seed=seed)
-                named = {"aggregator_params": self.params.get(cfg.aggregator, {}),
-                         "attack_params": self.params.get(cfg.attack, {})}
-                cfg = cfg.replace(**{
-                    group: {**getattr(cfg, group), **named[group],
-                            **{k.partition(".")[2]: v for k, v in changes.items()
-                               if k.partition(".")[0] == group}}
-                    for group in PARAM_AXES})
+                cfg = cfg.replace(
+                    aggregator_params={**cfg.aggregator_params,
+                                       **self.params.get(cfg.aggregator, {}),
+                                       **swept["aggregator_params"]},
+                    attack_params={**cfg.attack_params, **self.params.get(cfg.attack, {}),
+                                   **swept["attack_params"]})
                 name = "__".join(f"{k}={path_token(v)}" for k, v in changes.items())
                 out.append((f"{name}__seed={seed}" if name else f"seed={seed}", cfg))
         return out
