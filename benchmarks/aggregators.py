@@ -9,6 +9,9 @@ For n = 51, d = 1e6 it also prints the fastest existing library's time on the sa
 
 from __future__ import annotations
 
+# first: it bounds OpenMP's spinning, which must happen before torch loads (byzsgd/_openmp.py)
+import byzsgd  # noqa: F401  # isort: skip
+
 import argparse
 import os
 import statistics

@@ -10,6 +10,9 @@ difference from vmap's gradients.
 
 from __future__ import annotations
 
+# first: it bounds OpenMP's spinning, which must happen before torch loads (byzsgd/_openmp.py)
+import byzsgd  # noqa: F401  # isort: skip
+
 import argparse
 import os
 import statistics

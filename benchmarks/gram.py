@@ -11,6 +11,9 @@ center is one of the rows, as the distance-based rules use it.
 
 from __future__ import annotations
 
+# first: it bounds OpenMP's spinning, which must happen before torch loads (byzsgd/_openmp.py)
+import byzsgd  # noqa: F401  # isort: skip
+
 import argparse
 import os
 import statistics

@@ -15,6 +15,9 @@ the existing libraries' rounds/s measured on the same work (ANCHORS.md).
 
 from __future__ import annotations
 
+# first: it bounds OpenMP's spinning, which must happen before torch loads (byzsgd/_openmp.py)
+import byzsgd  # noqa: F401  # isort: skip
+
 import argparse
 import itertools
 import os
@@ -85,7 +88,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=10)
     args = parser.parse_args(argv)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; data: "
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads "
+          f"(GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT', 'default')}); data: "
           f"{'mnist from ' + args.data_dir if args.data_dir else 'mnist-5k'}; rounds "
           f"{args.warmup + 1}-{args.rounds}; load average before: "
           + " ".join(f"{v:.2f}" for v in os.getloadavg()))

@@ -6,4 +6,8 @@ Xie et al. (Generalized Byzantine-tolerant SGD; Fall of Empires), El Mhamdi et a
 Vulnerability of Distributed Learning in Byzantium) and Baruch et al. (A Little Is Enough).
 """
 
+from byzsgd._openmp import bound_openmp_spinning
+
+bound_openmp_spinning()  # before anything imports torch
+
 __version__ = "0.1.0"
