@@ -215,10 +215,10 @@ def test_byzantine_vectors_are_computed_only_when_the_attack_reads_them(
     rows_seen = []
     original = sim.honest_vectors
 
-    def spy(t, flip, rows=None):
-        out = original(t, flip, rows)
-        rows_seen.append(out.shape[0])
-        return out
+    def spy(t, flip, rows=None, out=None):
+        vectors = original(t, flip, rows, out)
+        rows_seen.append(vectors.shape[0])
+        return vectors
 
     monkeypatch.setattr(sim, "honest_vectors", spy)
     for t in range(5):

@@ -35,6 +35,22 @@ def test_mlp_gradients_equal_vmap(name, shared):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("method", ["mlp", "vmap"])
+def test_gradients_written_into_rows_of_a_larger_matrix(method):
+    """``out=``: the simulator has the honest gradients written straight into the first rows
+    of the received matrix; the rows around them are left alone."""
+    x, y, g = _batch(4, 6, (1, 28, 28), 10)
+    flat = FlatModel(models.build("mlp", (1, 28, 28), 10, generator=g), method=method)
+    theta = flat.initial()
+    sent = torch.full((6, flat.d), 7.0)
+    got = flat.worker_gradients(theta, x, y, out=sent[1:5])
+    assert got.data_ptr() == sent[1].data_ptr()
+    torch.testing.assert_close(sent[1:5], flat.worker_gradients(theta, x, y))
+    assert bool((sent[0] == 7.0).all()) and bool((sent[5] == 7.0).all())
+    with pytest.raises(ValueError, match="out must be"):
+        DenseMLPGradients([784, 100, 10])(theta, x, y, out=torch.empty(4, flat.d + 1))
+
+
 def test_deep_mlp_without_flatten_and_single_sample():
     module = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 4), nn.ReLU(),
                            nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 3))

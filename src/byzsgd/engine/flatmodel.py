@@ -60,9 +60,16 @@ class FlatModel:
         """Mean cross-entropy of the minibatch (x, y) at parameters ``theta``."""
         return F.cross_entropy(self.logits(theta, x), y)
 
-    def worker_gradients(self, theta: Tensor, x: Tensor, y: Tensor) -> Tensor:
-        """Gradients (n, d) of n workers at the same parameters; x is (n, b, C, H, W)."""
-        return self._gradients(theta, x, y, self._worker_grad)
+    def worker_gradients(self, theta: Tensor, x: Tensor, y: Tensor,
+                         out: Tensor | None = None) -> Tensor:
+        """Gradients (n, d) of n workers at the same parameters; x is (n, b, C, H, W).
+        Written into ``out`` (n, d) when given (the hand-written MLP backward writes there
+        directly, the other methods copy)."""
+        if self.method == "mlp":
+            assert self._mlp is not None
+            return self._mlp(theta, x, y, out)
+        grads = self._gradients(theta, x, y, self._worker_grad)
+        return grads if out is None else out.copy_(grads)
 
     def local_gradients(self, thetas: Tensor, x: Tensor, y: Tensor) -> Tensor:
         """Gradients (n, d) of n workers each at its own parameters ``thetas`` (n, d)."""

@@ -64,9 +64,10 @@ class DenseMLPGradients:
             o += fan_out * fan_in + fan_out
         self.d = o
 
-    def __call__(self, theta: Tensor, x: Tensor, y: Tensor) -> Tensor:
+    def __call__(self, theta: Tensor, x: Tensor, y: Tensor, out: Tensor | None = None) -> Tensor:
         """Gradients (n, d) for inputs x (n, b, ...) with labels y (n, b), at ``theta`` (d,)
-        shared by all workers or (n, d), one row per worker."""
+        shared by all workers or (n, d), one row per worker; written into ``out`` (an (n, d)
+        tensor of theta's dtype whose rows are contiguous) when given."""
         n, b = y.shape
         if x.shape[:2] != (n, b) or x[0, 0].numel() != self.widths[0]:
             raise ValueError(f"inputs of shape {tuple(x.shape)} do not match labels "
@@ -93,7 +94,11 @@ class DenseMLPGradients:
         delta = torch.softmax(acts.pop(), dim=1)
         delta[torch.arange(n * b), y.reshape(-1)] -= 1.0
         delta.mul_(1.0 / b)
-        out = torch.empty(n, self.d, dtype=delta.dtype)
+        if out is None:
+            out = torch.empty(n, self.d, dtype=delta.dtype)
+        elif out.shape != (n, self.d) or out.dtype != delta.dtype or out.stride(1) != 1:
+            raise ValueError(f"out must be a ({n}, {self.d}) {delta.dtype} tensor with "
+                             f"contiguous rows, got {tuple(out.shape)} {out.dtype}")
         for l in range(last, -1, -1):
             (w0, b0, end), fan_in, fan_out = self.slots[l], self.widths[l], self.widths[l + 1]
             per_worker = delta.view(n, b, fan_out)

@@ -85,14 +85,15 @@ def batch(setup: Setup, index: int, flip: Tensor | None,
 
 
 def honest_vectors(setup: Setup, theta: Tensor, t: int, flip: Tensor | None,
-                   rows: Sequence[int] | None = None) -> Tensor:
+                   rows: Sequence[int] | None = None, out: Tensor | None = None) -> Tensor:
     """What the workers ``rows`` (all when None) send if honest, one row each: gradients at
     theta_t, or parameters after ``local_steps`` of local SGD (model averaging). ``flip``
-    lists the workers whose labels a data attack poisons (label flipping)."""
+    lists the workers whose labels a data attack poisons (label flipping). Written into
+    ``out`` (one row per worker) when given."""
     cfg, flat = setup.config, setup.flat
     if cfg.mode == "gradient":
         x, y = batch(setup, t, flip, rows)
-        return flat.worker_gradients(theta, x, y)
+        return flat.worker_gradients(theta, x, y, out)
     k = cfg.workers if rows is None else len(rows)
     thetas = theta.expand(k, -1).clone()
     lr = lr_of(setup, t)
@@ -100,7 +101,7 @@ def honest_vectors(setup: Setup, theta: Tensor, t: int, flip: Tensor | None,
         x, y = batch(setup, t * cfg.local_steps + step, flip, rows)
         grads = flat.local_gradients(thetas, x, y)
         thetas = thetas - lr * (grads + cfg.weight_decay * thetas)
-    return thetas
+    return thetas if out is None else out.copy_(thetas)
 
 
 def backdoor_loss(setup: Setup, theta: Tensor, t: int) -> Callable[[Tensor], Tensor] | None:

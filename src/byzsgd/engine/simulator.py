@@ -140,12 +140,13 @@ class Simulation:
     def lr(self, t: int) -> float:
         return lr_of(self.s, t)
 
-    def honest_vectors(self, t: int, flip: Tensor | None,
-                       rows: list[int] | None = None) -> Tensor:
+    def honest_vectors(self, t: int, flip: Tensor | None, rows: list[int] | None = None,
+                       out: Tensor | None = None) -> Tensor:
         """What the workers ``rows`` (all when None) would send if honest: gradients at
         theta_t, or parameters after ``local_steps`` of local SGD (model averaging). ``flip``
-        marks workers whose labels are poisoned by a data attack (label flipping)."""
-        return honest_vectors(self.s, self.theta, t, flip, rows)
+        marks workers whose labels are poisoned by a data attack (label flipping). Written
+        into ``out`` when given."""
+        return honest_vectors(self.s, self.theta, t, flip, rows, out)
 
     def round(self, t: int) -> dict[str, float]:
         cfg, s = self.cfg, self.s
@@ -155,14 +156,20 @@ class Simulation:
         honest_mask[byz] = False
         if attacked and not reads_byzantine_vectors(s):
             # The forged rows replace the Byzantine workers' vectors and are built from the
-            # honest ones only: do not compute what nobody reads.
+            # honest ones only: do not compute what nobody reads. The received matrix holds
+            # the honest rows first (in worker order, computed in place and read in place by
+            # the attack), then the Byzantine ones: every rule is invariant under a
+            # permutation of its rows (tests/test_aggregators.py), and the rows a rule
+            # selected are mapped back to workers below.
             honest_rows = honest_mask.nonzero().flatten()
-            honest = self.honest_vectors(t, None, honest_rows.tolist())
-            sent = torch.empty((cfg.workers, honest.shape[1]), dtype=honest.dtype)
-            sent.index_copy_(0, honest_rows, honest)
-            sent.index_copy_(0, byz, forge(s, t, self.theta, g, honest=honest, own=None,
-                                           f=byz.numel(), n=cfg.workers))
+            k = honest_rows.numel()
+            sent = torch.empty((cfg.workers, s.flat.d), dtype=self.theta.dtype)
+            honest = self.honest_vectors(t, None, honest_rows.tolist(), out=sent[:k])
+            sent[k:] = forge(s, t, self.theta, g, honest=honest, own=None, f=byz.numel(),
+                             n=cfg.workers)
+            worker_of_row = torch.cat([honest_rows, byz])
         else:
+            worker_of_row = None
             vectors = self.honest_vectors(t, byz if attacked and flips_labels(s) else None)
             honest = vectors[honest_mask] if byz.numel() else vectors
             sent = vectors
@@ -180,8 +187,11 @@ class Simulation:
             self.theta = s.server.step(self.theta, aggregate.value, lr)
         else:
             self.theta = aggregate.value.clone()
+        selected = aggregate.selected
+        if selected is not None and worker_of_row is not None:
+            selected = [worker_of_row[rows] for rows in selected]
         return {"round": t, "lr": lr, "attacked": int(attacked), **diag,
-                "byzantine_selected": byzantine_selected(aggregate.selected, byz)}
+                "byzantine_selected": byzantine_selected(selected, byz)}
 
     # -- evaluation --------------------------------------------------------------------------
 
