@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -249,3 +250,21 @@ def test_standardized_inputs_run_and_differ_from_raw(tmp_path):
         read_csv(tmp_path / "st" / "metrics.csv") != read_csv(tmp_path / "raw" / "metrics.csv")
     with pytest.raises(ConfigError, match="inputs"):
         cfg(inputs="whitened").validate()
+
+
+
+def test_mnist_first_layer_runs_on_the_non_zero_pixels(tmp_path):
+    """Raw MNIST (19% of the pixels lit) takes the sparse first layer; standardized inputs
+    (no zeros) and convolutional models do not; both paths train alike."""
+    mnist = dict(dataset="mnist-5k", model="mlp", workers=11, byzantine=2, batch_size=16)
+    setup = build(cfg(**mnist))
+    assert setup.sparse_train is not None and setup.sparse_train.density < 0.3
+    assert build(cfg(**mnist, inputs="standardized")).sparse_train is None
+    assert build(cfg(**{**mnist, "model": "cnn-fall"})).sparse_train is None
+    sparse = Simulation(setup, tmp_path / "a")
+    dense = Simulation(dataclasses.replace(build(cfg(**mnist)), sparse_train=None),
+                       tmp_path / "b")
+    for t in range(5):
+        sparse.round(t)
+        dense.round(t)
+    torch.testing.assert_close(sparse.theta, dense.theta, rtol=1e-4, atol=1e-6)

@@ -113,3 +113,54 @@ def test_a_diverged_model_gives_nan_gradients_not_an_error():
 
 def test_keep_freed_memory_is_idempotent():
     assert keep_freed_memory() is keep_freed_memory()
+
+
+# --- the first layer from sparse rows ---------------------------------------------------------
+
+def test_sparse_rows_linear_equals_the_dense_product():
+    from byzsgd.engine.sparse import SparseRows
+    x, _, g = _batch(1, 300, (1, 28, 28), 10)
+    images = x[0]
+    images[3] = 0.0  # an all-zero image (bias only)
+    sparse = SparseRows.from_dense(images, max_density=1.0)
+    assert sparse is not None and sparse.shape == (300, 784)
+    assert sparse.density == pytest.approx(float((images != 0).float().mean()))
+    weight, bias = torch.randn(37, 784, generator=g), torch.randn(37, generator=g)
+    rows = torch.tensor([5, 3, 5, 299, 0, 17, 3])  # repeats and any order
+    got = sparse.linear(rows, weight, bias)
+    want = torch.addmm(bias, images.view(300, -1)[rows], weight.T)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[1], bias)
+    assert sparse.linear(torch.empty(0, dtype=torch.long), weight, bias).shape == (0, 37)
+    with pytest.raises(IndexError, match=r"\[0, 300\)"):
+        sparse.linear(torch.tensor([300]), weight, bias)
+    with pytest.raises(ValueError, match="do not fit"):
+        sparse.linear(rows, weight[:, :10], bias)
+
+
+def test_dense_inputs_stay_dense():
+    from byzsgd.engine.sparse import SparseRows
+    assert SparseRows.from_dense(torch.rand(20, 1, 4, 4) + 0.1) is None  # no zeros
+    assert SparseRows.from_dense(torch.zeros(20, 8, dtype=torch.float64)) is None  # not fp32
+    assert SparseRows.from_dense(torch.zeros(20, 8)) is not None
+
+
+def test_mlp_gradients_with_the_sparse_first_layer_equal_the_dense_ones():
+    """What the simulator does for MNIST: the first layer's product from the non-zero pixels
+    of the training images, the rest as before."""
+    import functools
+
+    from byzsgd.engine.sparse import SparseRows
+    x, _, g = _batch(1, 400, (1, 28, 28), 10)
+    images = x[0]
+    sparse = SparseRows.from_dense(images, max_density=1.0)
+    assert sparse is not None
+    module = models.build("mlp-2x128", (1, 28, 28), 10, generator=g)
+    flat = FlatModel(module, method="mlp")
+    theta = flat.initial()
+    samples = torch.randint(0, 400, (6, 9), generator=g)
+    labels = torch.randint(0, 10, (6, 9), generator=g)
+    dense = flat.worker_gradients(theta, images[samples], labels)
+    product = functools.partial(sparse.linear, samples)
+    torch.testing.assert_close(flat.worker_gradients(theta, images[samples], labels, None,
+                                                     product), dense, rtol=1e-5, atol=1e-6)

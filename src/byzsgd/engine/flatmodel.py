@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from byzsgd.engine.mlpgrad import DenseMLPGradients, dense_relu_widths
+from byzsgd.engine.mlpgrad import DenseMLPGradients, InputProduct, dense_relu_widths
 
 #: How the n workers' gradients are computed (see :class:`FlatModel`).
 METHODS = ("mlp", "vmap", "loop")
@@ -61,13 +61,16 @@ class FlatModel:
         return F.cross_entropy(self.logits(theta, x), y)
 
     def worker_gradients(self, theta: Tensor, x: Tensor, y: Tensor,
-                         out: Tensor | None = None) -> Tensor:
+                         out: Tensor | None = None,
+                         input_product: InputProduct | None = None) -> Tensor:
         """Gradients (n, d) of n workers at the same parameters; x is (n, b, C, H, W).
         Written into ``out`` (n, d) when given (the hand-written MLP backward writes there
-        directly, the other methods copy)."""
+        directly, the other methods copy). ``input_product`` may compute the first layer's
+        product of the hand-written MLP backward (see :class:`DenseMLPGradients`); the other
+        methods ignore it."""
         if self.method == "mlp":
             assert self._mlp is not None
-            return self._mlp(theta, x, y, out)
+            return self._mlp(theta, x, y, out, input_product)
         grads = self._gradients(theta, x, y, self._worker_grad)
         return grads if out is None else out.copy_(grads)
 

@@ -20,9 +20,13 @@ torch's parameter order (each ``nn.Linear``'s weight (out, in) row-major, then i
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
+
+#: ``(weight, bias) -> x @ weight.T + bias`` for a batch x held in another form.
+InputProduct = Callable[[Tensor, Tensor], Tensor]
 
 
 def dense_relu_widths(module: nn.Module) -> list[int] | None:
@@ -64,10 +68,13 @@ class DenseMLPGradients:
             o += fan_out * fan_in + fan_out
         self.d = o
 
-    def __call__(self, theta: Tensor, x: Tensor, y: Tensor, out: Tensor | None = None) -> Tensor:
+    def __call__(self, theta: Tensor, x: Tensor, y: Tensor, out: Tensor | None = None,
+                 input_product: InputProduct | None = None) -> Tensor:
         """Gradients (n, d) for inputs x (n, b, ...) with labels y (n, b), at ``theta`` (d,)
         shared by all workers or (n, d), one row per worker; written into ``out`` (an (n, d)
-        tensor of theta's dtype whose rows are contiguous) when given."""
+        tensor of theta's dtype whose rows are contiguous) when given. ``input_product``,
+        for a shared theta, computes the first layer's ``x W^T + b`` (n * b, h_1) from
+        another form of the same x (its non-zero values: :mod:`byzsgd.engine.sparse`)."""
         n, b = y.shape
         if x.shape[:2] != (n, b) or x[0, 0].numel() != self.widths[0]:
             raise ValueError(f"inputs of shape {tuple(x.shape)} do not match labels "
@@ -84,7 +91,8 @@ class DenseMLPGradients:
                 zip(self.slots, self.widths, self.widths[1:], strict=False)):
             if shared:
                 weight = theta[w0:b0].view(fan_out, fan_in)
-                a = torch.addmm(theta[b0:end], acts[-1], weight.T)
+                a = (input_product(weight, theta[b0:end]) if l == 0 and input_product
+                     else torch.addmm(theta[b0:end], acts[-1], weight.T))
             else:
                 weight = theta[:, w0:b0].view(n, fan_out, fan_in)
                 a = torch.baddbmm(theta[:, None, b0:end], acts[-1].view(n, b, fan_in),

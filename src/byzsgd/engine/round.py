@@ -16,6 +16,7 @@ parameter server diagnosing the round do exactly what the single-process simulat
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -65,9 +66,10 @@ def reads_byzantine_vectors(setup: Setup) -> bool:
 
 
 def batch(setup: Setup, index: int, flip: Tensor | None,
-          rows: Sequence[int] | None = None) -> tuple[Tensor, Tensor]:
+          rows: Sequence[int] | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """The minibatches ``(x, y)`` of draw ``index`` for the workers ``rows`` (all when None),
-    labels mapped by the attack for the workers listed in ``flip``."""
+    labels mapped by the attack for the workers listed in ``flip``, and the training-set
+    indices of their samples (one row per worker)."""
     ds = setup.dataset
     idx = setup.sampler.indices(index)
     workers = None if rows is None else torch.as_tensor(list(rows), dtype=torch.long)
@@ -81,7 +83,7 @@ def batch(setup: Setup, index: int, flip: Tensor | None,
         if poisoned.numel():
             y = y.clone()
             y[poisoned] = setup.attack.label_map(y[poisoned], ds.num_classes)
-    return x, y
+    return x, y, idx
 
 
 def honest_vectors(setup: Setup, theta: Tensor, t: int, flip: Tensor | None,
@@ -92,13 +94,15 @@ def honest_vectors(setup: Setup, theta: Tensor, t: int, flip: Tensor | None,
     ``out`` (one row per worker) when given."""
     cfg, flat = setup.config, setup.flat
     if cfg.mode == "gradient":
-        x, y = batch(setup, t, flip, rows)
-        return flat.worker_gradients(theta, x, y, out)
+        x, y, samples = batch(setup, t, flip, rows)
+        sparse = setup.sparse_train
+        product = None if sparse is None else functools.partial(sparse.linear, samples)
+        return flat.worker_gradients(theta, x, y, out, product)
     k = cfg.workers if rows is None else len(rows)
     thetas = theta.expand(k, -1).clone()
     lr = lr_of(setup, t)
     for step in range(cfg.local_steps):
-        x, y = batch(setup, t * cfg.local_steps + step, flip, rows)
+        x, y, _ = batch(setup, t * cfg.local_steps + step, flip, rows)
         grads = flat.local_gradients(thetas, x, y)
         thetas = thetas - lr * (grads + cfg.weight_decay * thetas)
     return thetas if out is None else out.copy_(thetas)

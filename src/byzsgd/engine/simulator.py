@@ -44,6 +44,7 @@ from byzsgd.engine.round import (
 )
 from byzsgd.engine.sampler import WorkerSampler
 from byzsgd.engine.server import Server
+from byzsgd.engine.sparse import SparseRows
 from byzsgd.metrics import backdoor_success, byzantine_selected, cross_entropy, topk_accuracy
 from byzsgd.results import (
     CsvLog,
@@ -78,6 +79,9 @@ class Setup:
     backdoor: BackdoorTask | None
     #: A fixed sample of the training set on which the train loss is measured.
     train_probe: tuple[Tensor, Tensor] = field(repr=False)
+    #: The training images as sparse rows when they are mostly zero and the model's first
+    #: layer can use them (engine/sparse.py), else None.
+    sparse_train: SparseRows | None = field(default=None, repr=False)
 
 
 def build(config: ExperimentConfig) -> Setup:
@@ -113,8 +117,9 @@ def build(config: ExperimentConfig) -> Setup:
     backdoor = None if cfg.backdoor == "none" else BackdoorTask(cfg.backdoor, dataset, cfg.seed)
     g = generator_for(cfg.seed, "probe")
     probe = torch.randperm(len(dataset.y_train), generator=g)[: cfg.eval_train_samples]
+    sparse = SparseRows.from_dense(dataset.x_train) if flat.method == "mlp" else None
     return Setup(cfg, dataset, flat, sampler, server, threat, attack, backdoor,
-                 (dataset.x_train[probe], dataset.y_train[probe]))
+                 (dataset.x_train[probe], dataset.y_train[probe]), sparse)
 
 
 class Simulation:
