@@ -164,3 +164,24 @@ def test_mlp_gradients_with_the_sparse_first_layer_equal_the_dense_ones():
     product = functools.partial(sparse.linear, samples)
     torch.testing.assert_close(flat.worker_gradients(theta, images[samples], labels, None,
                                                      product), dense, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("blas", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_batched_products_written_into_matrix_rows(monkeypatch, blas, dtype):
+    """a_w^T b_w lands in row w of a wider matrix (row stride > m * p), through MKL's batched
+    GEMM where torch carries it, else through torch.bmm and a copy; columns outside the
+    block are left alone."""
+    from byzsgd.engine import _blas
+    if not blas:
+        monkeypatch.setattr(_blas, "_sgemm_batch", lambda: None)
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(5, 7, 3, generator=g, dtype=dtype)
+    b = torch.randn(5, 7, 4, generator=g, dtype=dtype)
+    wide = torch.full((5, 20), -1.0, dtype=dtype)
+    _blas.batched_at_b(a, b, wide[:, 2:14])
+    want = torch.bmm(a.transpose(1, 2), b).view(5, -1)
+    torch.testing.assert_close(wide[:, 2:14], want)
+    assert bool((wide[:, :2] == -1).all()) and bool((wide[:, 14:] == -1).all())
+    with pytest.raises(ValueError, match="do not match"):
+        _blas.batched_at_b(a, b, wide[:, 2:13])

@@ -9,7 +9,8 @@ cross-entropy of each worker's minibatch. For them the n workers' gradients need
   each worker has its own parameters (model averaging);
 * delta_L = (softmax(a_L) - e_y) / b, the gradient of the mean cross-entropy in the logits;
 * per worker w and layer l: dL/dW_l = delta_l^T h_{l-1} over w's b samples (one batched
-  product), dL/db_l = sum of delta_l; delta_{l-1} = (delta_l W_l) * [h_{l-1} > 0].
+  product, written in place: :mod:`byzsgd.engine._blas`), dL/db_l = sum of delta_l;
+  delta_{l-1} = (delta_l W_l) * [h_{l-1} > 0].
 
 This is what ``vmap(grad(loss))`` computes, in fewer and larger kernels with no autograd
 bookkeeping (measured in ``benchmarks/gradients.py``); the results agree to float32 rounding
@@ -24,6 +25,8 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
+
+from byzsgd.engine._blas import batched_at_b
 
 #: ``(weight, bias) -> x @ weight.T + bias`` for a batch x held in another form.
 InputProduct = Callable[[Tensor, Tensor], Tensor]
@@ -110,8 +113,7 @@ class DenseMLPGradients:
         for l in range(last, -1, -1):
             (w0, b0, end), fan_in, fan_out = self.slots[l], self.widths[l], self.widths[l + 1]
             per_worker = delta.view(n, b, fan_out)
-            out[:, w0:b0].copy_(torch.bmm(per_worker.transpose(1, 2),
-                                          acts[l].view(n, b, fan_in)).view(n, -1))
+            batched_at_b(per_worker, acts[l].view(n, b, fan_in), out[:, w0:b0])
             torch.sum(per_worker, dim=1, out=out[:, b0:end])
             if l:
                 back = delta @ weights[l] if shared else torch.bmm(
