@@ -87,6 +87,22 @@ def test_classic_contract(name):
     assert empty.shape == (0, 5) and empty.dtype == torch.float64
 
 
+@pytest.mark.parametrize("name", CLASSIC)
+def test_classic_rows_written_into_out(name):
+    """``out=``: the same rows written where the caller wants them (the simulator forges in
+    place, after the honest rows of the received matrix); a wrong out is refused."""
+    honest, own = data(h=8, f=2, d=5, dtype=torch.float64)
+    want = A.get(name)(honest=honest, own=own, **context(8, 2))
+    matrix = torch.full((10, 5), -7.0, dtype=torch.float64)
+    matrix[:8] = honest
+    got = A.get(name)(honest=matrix[:8], own=own, **context(8, 2), out=matrix[8:])
+    assert got.data_ptr() == matrix[8].data_ptr()
+    torch.testing.assert_close(matrix[8:], want)
+    torch.testing.assert_close(matrix[:8], honest)
+    with pytest.raises(ValueError, match="out must be"):
+        A.get(name)(honest=honest, own=own, **context(8, 2), out=torch.empty(3, 5))
+
+
 @pytest.mark.parametrize("name", ["gaussian", "lp-coordinate", "bit-flip", "gambler"])
 def test_seeded_runs_reproducible(name):
     honest, own = data(h=8, f=2, d=40)

@@ -25,6 +25,7 @@ Where the papers allow both, it is a constructor parameter.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -103,6 +104,8 @@ class Context:
     rule: BoundRule | None = None
     generator: torch.Generator | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Where the caller wants the (f, d) rows written (None: a new tensor).
+    out: Tensor | None = None
 
     def need_honest(self, why: str = "") -> Tensor:
         if self.honest is None or self.honest.shape[0] == 0:
@@ -129,8 +132,10 @@ class Context:
         return self.n
 
     def rows(self, vector: Tensor) -> Tensor:
-        """``vector`` (d,) repeated as f identical Byzantine rows: a new (f, d) tensor."""
-        return vector.to(self.dtype).reshape(1, -1).expand(self.f, self.d).clone()
+        """``vector`` (d,) repeated as f identical Byzantine rows: a new (f, d) tensor, or
+        ``out`` written."""
+        repeated = vector.to(self.dtype).reshape(1, -1).expand(self.f, self.d)
+        return repeated.clone() if self.out is None else self.out.copy_(repeated)
 
 
 class Attack:
@@ -174,17 +179,27 @@ class ClassicAttack(Attack):
 
     def __call__(self, *, f: int, honest: Tensor | None = None, own: Tensor | None = None,
                  n: int | None = None, rule: BoundRule | None = None,
-                 generator: torch.Generator | None = None, **context: Any) -> Tensor:
+                 generator: torch.Generator | None = None, out: Tensor | None = None,
+                 **context: Any) -> Tensor:
+        """The (f, d) Byzantine rows; written into ``out`` (f, d) when given (it must not
+        overlap ``honest`` or ``own``), which the simulator uses to forge them in place in
+        the matrix the rule receives."""
         ctx = make_context(self.name, f=f, honest=honest, own=own, n=n, rule=rule,
                            generator=generator, extra=context)
+        if out is not None:
+            if out.shape != (ctx.f, ctx.d) or out.dtype != ctx.dtype:
+                raise ValueError(f"{self.name}: out must be a ({ctx.f}, {ctx.d}) {ctx.dtype} "
+                                 f"tensor, got {tuple(out.shape)} {out.dtype}")
+            ctx = dataclasses.replace(ctx, out=out)
         if ctx.f == 0:
-            return torch.empty((0, ctx.d), dtype=ctx.dtype)
-        out = self.forge(ctx)
-        assert out.shape == (ctx.f, ctx.d), (self.name, tuple(out.shape))
-        return out
+            return torch.empty((0, ctx.d), dtype=ctx.dtype) if out is None else out
+        rows = self.forge(ctx)
+        assert rows.shape == (ctx.f, ctx.d), (self.name, tuple(rows.shape))
+        return rows if out is None or rows is out else out.copy_(rows)
 
     def forge(self, ctx: Context) -> Tensor:
-        """The (f, d) Byzantine rows, f >= 1. Must return a new tensor."""
+        """The (f, d) Byzantine rows, f >= 1: a new tensor, or ``ctx.out`` written (what
+        :meth:`Context.rows` does)."""
         raise NotImplementedError
 
 

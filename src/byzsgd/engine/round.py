@@ -122,12 +122,15 @@ def backdoor_loss(setup: Setup, theta: Tensor, t: int) -> Callable[[Tensor], Ten
 
 
 def forge(setup: Setup, t: int, theta: Tensor, generator: torch.Generator, *,
-          honest: Tensor | None, own: Tensor | None, f: int, n: int | None) -> Tensor:
+          honest: Tensor | None, own: Tensor | None, f: int, n: int | None,
+          out: Tensor | None = None) -> Tensor:
     """The f Byzantine rows (f, d) a classic attack builds from what it knows: ``own`` (the
     honest vectors of the f Byzantine workers; None when the attack does not read them, see
-    :func:`reads_byzantine_vectors`) and, when given, the ``honest`` rows."""
+    :func:`reads_byzantine_vectors`) and, when given, the ``honest`` rows. Written into
+    ``out`` when given."""
     return setup.attack(honest=honest, own=own, f=f, n=n, rule=setup.server.rule,
-                        generator=generator, backdoor_loss=backdoor_loss(setup, theta, t))
+                        generator=generator, backdoor_loss=backdoor_loss(setup, theta, t),
+                        out=out)
 
 
 def corrupt(setup: Setup, vectors: Tensor, generator: torch.Generator) -> Tensor:

@@ -170,8 +170,8 @@ class Simulation:
             k = honest_rows.numel()
             sent = torch.empty((cfg.workers, s.flat.d), dtype=self.theta.dtype)
             honest = self.honest_vectors(t, None, honest_rows.tolist(), out=sent[:k])
-            sent[k:] = forge(s, t, self.theta, g, honest=honest, own=None, f=byz.numel(),
-                             n=cfg.workers)
+            forge(s, t, self.theta, g, honest=honest, own=None, f=byz.numel(),
+                  n=cfg.workers, out=sent[k:])
             worker_of_row = torch.cat([honest_rows, byz])
         else:
             worker_of_row = None
