@@ -178,3 +178,53 @@ def test_linf_distances_equal_cdist(n, d):
                                rtol=0, atol=0)
     torch.testing.assert_close(linf_distances(x.float()), torch.cdist(x, x, p=float("inf")),
                                rtol=1e-6, atol=1e-6)
+
+
+# --- repeated rows: the Gram matrix of the distinct rows only --------------------------------
+
+def _with_copies(n_honest=20, copies=6, d=3000, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    honest = 1.0 + 0.01 * torch.randn(n_honest, d, generator=g)
+    forged = honest.mean(0) + 1.5 * honest.std(0)
+    return torch.cat([honest, forged.expand(copies, d)]).contiguous()
+
+
+def test_repeated_last_rows_are_found_and_verified():
+    from byzsgd.aggregators.distances import coordinate_sample, geometry, repeated_rows
+    x = _with_copies()
+    source = repeated_rows(x, coordinate_sample(x))
+    assert source is not None
+    assert source.tolist() == [*range(21), *[20] * 5]
+    dedup = geometry(x)
+    sq = (x[:, None, :].double() - x[None, :, :].double()).square().sum(-1)
+    torch.testing.assert_close(dedup.sqdist, sq, rtol=1e-5, atol=1e-9)
+
+
+def test_rows_equal_on_the_sample_but_not_everywhere_are_not_copies():
+    """An adversary can make a row equal to another on the pivot's sampled coordinates and
+    different on one other coordinate: it is verified and computed as a distinct row."""
+    from byzsgd.aggregators.distances import coordinate_sample, geometry, repeated_rows
+    x = _with_copies()
+    x[-1, 1] += 1.0  # the sample takes every (3000 // 512)-th coordinate: 0, 5, 10...
+    assert repeated_rows(x, coordinate_sample(x)) is None
+    x[-1, 1] -= 1.0
+    x[-3, 7] = float("nan")  # a copy with a NaN: not a copy (NaN equals nothing)
+    assert repeated_rows(x, coordinate_sample(x)) is None
+    geo = geometry(x)
+    assert not bool(geo.valid[-3]) and bool(geo.valid[-1])
+    assert geo.sqdist[-1, -2] == 0.0
+
+
+def test_rules_are_unchanged_by_the_repeated_row_shortcut(monkeypatch):
+    from byzsgd import aggregators as A
+    from byzsgd.aggregators import distances
+    x = _with_copies(n_honest=30, copies=9)
+    fast = {name: A.aggregate(name, x, 9) for name in ("krum", "multi-krum", "medoid",
+                                                         "geomed", "bulyan")}
+    monkeypatch.setattr(distances, "repeated_rows", lambda x, sample: None)
+    for name, result in fast.items():
+        slow = A.aggregate(name, x, 9)
+        torch.testing.assert_close(result.value, slow.value, rtol=1e-5, atol=1e-6)
+        if result.selected is not None:  # the same rows, up to which of the copies
+            assert [i if i < 30 else "copy" for i in result.selected.tolist()] == \
+                [i if i < 30 else "copy" for i in slow.selected.tolist()]

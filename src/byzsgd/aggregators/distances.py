@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ._gram import centered_gram
+from ._gram import centered_gram, rows_equal, suffix_sources
 from ._linf import linf_distances
 from ._orderstats import coordinate_median
 
@@ -75,13 +75,17 @@ def _nan_to_inf(t: Tensor) -> Tensor:
     return torch.nan_to_num(t, nan=inf, posinf=inf, neginf=-inf)
 
 
-def pivot_row(x: Tensor) -> int | None:
+def coordinate_sample(x: Tensor) -> Tensor:
+    """The rows of ``x`` on ``PIVOT_SAMPLE`` evenly spaced coordinates, in float64."""
+    return x[:, :: max(1, x.shape[1] // PIVOT_SAMPLE)].double()
+
+
+def pivot_row(x: Tensor, sample: Tensor | None = None) -> int | None:
     """Index of a finite row near the bulk of the rows (None when every row is non-finite):
     the row with the smallest median distance to the others on ``PIVOT_SAMPLE`` evenly
-    spaced coordinates, skipping rows that are non-finite there or anywhere."""
-    _n, d = x.shape
-    step = max(1, d // PIVOT_SAMPLE)
-    sample = x[:, ::step].double()
+    spaced coordinates (``sample``, :func:`coordinate_sample` of x when None), skipping rows
+    that are non-finite there or anywhere."""
+    sample = coordinate_sample(x) if sample is None else sample
     sample_ok = torch.isfinite(sample).all(dim=1)
     clean = sample.nan_to_num(0.0, 0.0, 0.0)
     norms = clean.square().sum(dim=1)
@@ -104,9 +108,45 @@ def gram_distances(gram: Tensor) -> tuple[Tensor, Tensor]:
     return sq, torch.isfinite(diag)
 
 
-def _centered(x: Tensor, center: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-    """Gram matrix centred at ``center``, squared distances and valid rows."""
-    gram = centered_gram(x, center)
+def repeated_rows(x: Tensor, sample: Tensor) -> Tensor | None:
+    """Where the last rows of ``x`` repeat earlier ones: ``source`` (n,) with ``source[i] = i``
+    for the first m rows and, for i >= m, the row < i that row i equals on every coordinate
+    (the first such row, which is < m); None when the last row repeats no other.
+
+    Attacks that send one vector from all f Byzantine workers (A Little Is Enough, inner
+    product manipulation, the leeway attacks...) make f identical rows, and the simulator
+    puts them last. Their Gram rows are copies of one, so the Gram matrix is computed on the
+    first m rows only (for n = 51 and f = 12: 40 rows, 38% fewer products). Candidates are
+    rows equal on the pivot's coordinate ``sample``; every candidate is then compared with
+    its source on all d coordinates, so a row that differs anywhere is not taken for a copy.
+    """
+    source = suffix_sources(sample)
+    src = source.tolist()
+    n = len(src)
+    m = next((i + 1 for i in range(n - 1, -1, -1) if src[i] == i), 0)
+    if m == n:
+        return None
+    # Verify on every coordinate, one comparison per run of rows with the same source.
+    lo = m
+    while lo < n:
+        hi = lo
+        while hi < n and src[hi] == src[lo]:
+            hi += 1
+        if not rows_equal(x, lo, hi, src[lo]):
+            return None
+        lo = hi
+    return source
+
+
+def _centered(x: Tensor, center: Tensor | None,
+              source: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Gram matrix centred at ``center``, squared distances and valid rows; with ``source``
+    (:func:`repeated_rows`) the Gram matrix of the distinct first rows, expanded."""
+    if source is None:
+        gram = centered_gram(x, center)
+    else:
+        m = int((source == torch.arange(source.numel())).sum())
+        gram = centered_gram(x[:m], center)[source][:, source]
     return gram, *gram_distances(gram)
 
 
@@ -148,10 +188,12 @@ def geometry(x: Tensor, p: float = 2.0) -> Geometry:
     if not (p >= 1):
         raise ValueError(f"distance norm needs p >= 1 (or inf), got p={p}")
     if p == 2:
-        pivot = pivot_row(x)
-        gram, sq, valid = _centered(x, None if pivot is None else x[pivot])
+        sample = coordinate_sample(x)
+        pivot = pivot_row(x, sample)
+        source = repeated_rows(x, sample)
+        gram, sq, valid = _centered(x, None if pivot is None else x[pivot], source)
         if pivot is not None and _pivot_failed(gram, sq, valid):
-            gram, sq, valid = _centered(x, robust_center(x))
+            gram, sq, valid = _centered(x, robust_center(x), source)
     else:
         gram = None
         valid = torch.isfinite(x).all(dim=1)
