@@ -131,6 +131,11 @@ def test_sparse_rows_linear_equals_the_dense_product():
     want = torch.addmm(bias, images.view(300, -1)[rows], weight.T)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got[1], bias)
+    dense = torch.full((7, 1, 28, 28), float("nan"))
+    torch.testing.assert_close(sparse.linear(rows, weight, bias, dense=dense), got)
+    assert torch.equal(dense, images[rows])  # the dense rows written from the same reads
+    with pytest.raises(ValueError, match="dense must be"):
+        sparse.linear(rows, weight, bias, dense=torch.empty(6, 784))
     assert sparse.linear(torch.empty(0, dtype=torch.long), weight, bias).shape == (0, 37)
     with pytest.raises(IndexError, match=r"\[0, 300\)"):
         sparse.linear(torch.tensor([300]), weight, bias)

@@ -77,7 +77,8 @@ class DenseMLPGradients:
         shared by all workers or (n, d), one row per worker; written into ``out`` (an (n, d)
         tensor of theta's dtype whose rows are contiguous) when given. ``input_product``,
         for a shared theta, computes the first layer's ``x W^T + b`` (n * b, h_1) from
-        another form of the same x (its non-zero values: :mod:`byzsgd.engine.sparse`)."""
+        another form of the same x (its non-zero values: :mod:`byzsgd.engine.sparse`); it
+        is called before x is read, so it may be what fills x."""
         n, b = y.shape
         if x.shape[:2] != (n, b) or x[0, 0].numel() != self.widths[0]:
             raise ValueError(f"inputs of shape {tuple(x.shape)} do not match labels "

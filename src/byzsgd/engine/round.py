@@ -65,18 +65,22 @@ def reads_byzantine_vectors(setup: Setup) -> bool:
             or attack.knowledge == "own")
 
 
-def batch(setup: Setup, index: int, flip: Tensor | None,
-          rows: Sequence[int] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+def batch(setup: Setup, index: int, flip: Tensor | None, rows: Sequence[int] | None = None,
+          *, gather: bool = True) -> tuple[Tensor, Tensor, Tensor]:
     """The minibatches ``(x, y)`` of draw ``index`` for the workers ``rows`` (all when None),
     labels mapped by the attack for the workers listed in ``flip``, and the training-set
-    indices of their samples (one row per worker)."""
+    indices of their samples (one row per worker). ``gather=False`` leaves x uninitialized
+    (for a caller that writes it: the sparse first layer)."""
     ds = setup.dataset
     idx = setup.sampler.indices(index)
     workers = None if rows is None else torch.as_tensor(list(rows), dtype=torch.long)
     if workers is not None:
         idx = idx[workers]
-    # index_select on the flat view: ~3x faster than advanced indexing of (N, C, H, W)
-    x = ds.x_train.view(ds.x_train.shape[0], -1).index_select(0, idx.reshape(-1))
+    if gather:
+        # index_select on the flat view: ~3x faster than advanced indexing of (N, C, H, W)
+        x = ds.x_train.view(ds.x_train.shape[0], -1).index_select(0, idx.reshape(-1))
+    else:
+        x = torch.empty((idx.numel(), *ds.x_train.shape[1:]), dtype=ds.x_train.dtype)
     x, y = x.view(*idx.shape, *ds.x_train.shape[1:]), ds.y_train[idx]
     if flip is not None and flip.numel():
         poisoned = flip if workers is None else torch.isin(workers, flip).nonzero().flatten()
@@ -94,9 +98,12 @@ def honest_vectors(setup: Setup, theta: Tensor, t: int, flip: Tensor | None,
     ``out`` (one row per worker) when given."""
     cfg, flat = setup.config, setup.flat
     if cfg.mode == "gradient":
-        x, y, samples = batch(setup, t, flip, rows)
         sparse = setup.sparse_train
-        product = None if sparse is None else functools.partial(sparse.linear, samples)
+        x, y, samples = batch(setup, t, flip, rows, gather=sparse is None)
+        # The sparse first layer writes the dense rows into x as it reads them; the backward
+        # pass reads x after it (engine/sparse.py).
+        product = None if sparse is None else functools.partial(sparse.linear, samples,
+                                                                 dense=x)
         return flat.worker_gradients(theta, x, y, out, product)
     k = cfg.workers if rows is None else len(rows)
     thetas = theta.expand(k, -1).clone()

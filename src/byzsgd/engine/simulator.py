@@ -79,8 +79,9 @@ class Setup:
     backdoor: BackdoorTask | None
     #: A fixed sample of the training set on which the train loss is measured.
     train_probe: tuple[Tensor, Tensor] = field(repr=False)
-    #: The training images as sparse rows when they are mostly zero and the model's first
-    #: layer can use them (engine/sparse.py), else None.
+    #: The training images as sparse rows when they are mostly zero and the model is a dense
+    #: MLP whose hand-written backward computes its first layer from them (engine/sparse.py;
+    #: the minibatch inputs are then written by that product, not gathered), else None.
     sparse_train: SparseRows | None = field(default=None, repr=False)
 
 

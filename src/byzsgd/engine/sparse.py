@@ -63,9 +63,14 @@ class SparseRows:
     def density(self) -> float:
         return self.values.size / max(1, self.shape[0] * self.shape[1])
 
-    def linear(self, rows: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    def linear(self, rows: Tensor, weight: Tensor, bias: Tensor,
+               dense: Tensor | None = None) -> Tensor:
         """``x[rows] @ weight.T + bias`` (len(rows), out) for a float32 ``weight`` (out, P)
-        and ``bias`` (out,), summing over the non-zero values of each row only."""
+        and ``bias`` (out,), summing over the non-zero values of each row only. With
+        ``dense`` (a contiguous float32 tensor of len(rows) * P values) the rows x[rows] are
+        also written there, from the same reads (cheaper than gathering the dense rows
+        apart: a round of the MNIST benchmark reads 3.9 MB of non-zeros instead of those
+        plus 10 MB of dense rows)."""
         out_features, fan_in = weight.shape
         if fan_in != self.shape[1] or bias.shape != (out_features,):
             raise ValueError(f"weight {tuple(weight.shape)} and bias {tuple(bias.shape)} do "
@@ -75,25 +80,40 @@ class SparseRows:
             raise IndexError(f"row indices must be in [0, {self.shape[0]})")
         wt = weight.detach().T.to(torch.float32).contiguous().numpy()
         b = bias.detach().to(torch.float32).contiguous().numpy()
+        if dense is None:
+            rows_out = np.empty((0, self.shape[1]), dtype=np.float32)
+        elif (dense.dtype != torch.float32 or not dense.is_contiguous()
+              or dense.numel() != idx.size * self.shape[1]):
+            raise ValueError(f"dense must be a contiguous float32 tensor of "
+                             f"{idx.size} x {self.shape[1]} values, got "
+                             f"{tuple(dense.shape)} {dense.dtype}")
+        else:
+            rows_out = dense.numpy().reshape(idx.size, self.shape[1])
         out = np.empty((idx.size, out_features), dtype=np.float32)
         nthreads = max(1, torch.get_num_threads())
         run_ranges(lambda g, lo, hi: _linear(self.indptr, self.indices, self.values, idx, wt,
-                                             b, out, lo, hi),
+                                             b, out, rows_out, lo, hi),
                    idx.size, group_count(idx.size, nthreads, _GROUPS_PER_THREAD), nthreads)
         return torch.from_numpy(out)
 
 
 @njit(fastmath=_FASTMATH, cache=True, nogil=True, boundscheck=False)
-def _linear(indptr, indices, values, rows, wt, bias, out, lo, hi):  # pragma: no cover - compiled
+def _linear(indptr, indices, values, rows, wt, bias, out, dense, lo, hi):  # pragma: no cover
     """out[r] = bias + sum over the non-zero (p, v) of sample rows[r] of v * wt[p], r in
-    [lo, hi)."""
+    [lo, hi); the dense rows written into ``dense`` too unless it has no rows."""
     width = wt.shape[1]
     acc = np.empty(width, dtype=np.float32)
+    densify = dense.shape[0] > 0
     for r in range(lo, hi):
         s = rows[r]
         acc[:] = bias
         q = indptr[s]
         end = indptr[s + 1]
+        if densify:
+            row = dense[r]
+            row[:] = 0.0
+            for k in range(q, end):
+                row[indices[k]] = values[k]
         while q + 4 <= end:
             v0 = values[q]
             v1 = values[q + 1]
