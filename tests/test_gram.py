@@ -228,3 +228,44 @@ def test_rules_are_unchanged_by_the_repeated_row_shortcut(monkeypatch):
         if result.selected is not None:  # the same rows, up to which of the copies
             assert [i if i < 30 else "copy" for i in result.selected.tolist()] == \
                 [i if i < 30 else "copy" for i in slow.selected.tolist()]
+
+
+# --- compiled row helpers (aggregators/_rows.py) -----------------------------------------------
+
+def _spread_reference(sample):
+    ok = torch.isfinite(sample).all(dim=1)
+    clean = torch.where(ok[:, None], sample, torch.zeros(()))
+    dist = (clean[:, None, :] - clean[None, :, :]).square().sum(-1)
+    dist[~ok] = float("inf")
+    dist[:, ~ok] = float("inf")
+    return dist.median(dim=1).values
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 51])
+def test_sample_spread_is_the_median_squared_distance(n):
+    from byzsgd.aggregators._rows import sample_spread
+    g = torch.Generator().manual_seed(n)
+    sample = torch.randn(n, 64, generator=g, dtype=torch.float64)
+    if n > 2:
+        sample[1, 5] = float("nan")
+        sample[2, 0] = float("-inf")
+    torch.testing.assert_close(sample_spread(sample), _spread_reference(sample))
+
+
+def test_row_finite_and_suffix_sources():
+    from byzsgd.aggregators._rows import row_finite, rows_equal, suffix_sources
+    for dtype in (torch.float32, torch.float64, torch.float16):
+        row = torch.ones(1000, dtype=dtype)
+        assert row_finite(row)
+        for bad in (float("nan"), float("inf"), float("-inf")):
+            row[999] = bad
+            assert not row_finite(row)
+            row[999] = 1.0
+        row[3] = torch.finfo(dtype).max
+        assert row_finite(row)
+    x = torch.tensor([[1.0, 2], [3, 4], [1, 2], [5, 6], [3, 4], [3, 4]])
+    assert suffix_sources(x).tolist() == [0, 1, 2, 3, 1, 1]  # row 3 repeats nothing: stop
+    assert suffix_sources(x[:3]).tolist() == [0, 1, 0]
+    assert rows_equal(x, 4, 6, 1) and not rows_equal(x, 3, 6, 1)
+    x[5, 1] = float("nan")
+    assert suffix_sources(x).tolist() == [0, 1, 2, 3, 4, 5]

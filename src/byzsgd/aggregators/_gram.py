@@ -54,7 +54,7 @@ from numba.extending import intrinsic
 
 from byzsgd._pool import run_ranges
 
-__all__ = ["centered_gram", "rows_equal", "suffix_sources", "warmup"]
+__all__ = ["centered_gram", "warmup"]
 
 # Reassociation (needed to vectorize the dot-product reductions) and FMA contraction, but not
 # the no-NaN / no-inf assumptions: Byzantine rows may be non-finite and must stay confined.
@@ -440,43 +440,8 @@ def _rows_equal(x, lo, hi, src):  # pragma: no cover - compiled
     return True
 
 
-@njit(cache=True, nogil=True)
-def _suffix_sources(sample):  # pragma: no cover - compiled
-    n, k = sample.shape
-    source = np.arange(n)
-    for i in range(n - 1, 0, -1):
-        for j in range(i):
-            same = True
-            for c in range(k):
-                if sample[j, c] != sample[i, c]:
-                    same = False
-                    break
-            if same:
-                source[i] = j
-                break
-        if source[i] == i:
-            break
-    return source
-
-
-def suffix_sources(sample: torch.Tensor) -> torch.Tensor:
-    """For each of the last rows of the 2-D ``sample``, from the end, the first earlier row
-    equal to it (``==``, so rows with NaN match nothing); ``source[i] = i`` from the last row
-    that has none, down to row 0."""
-    return torch.from_numpy(_suffix_sources(_as_array(sample)))
-
-
-def rows_equal(x: torch.Tensor, lo: int, hi: int, src: int) -> bool:
-    """Whether rows [lo, hi) of the 2-D tensor ``x`` all equal row ``src`` value by value
-    (``==``: NaN equals nothing). One pass at memory speed (torch's broadcast ``==`` and
-    ``all`` take 6x longer on (11, 79510))."""
-    return bool(_rows_equal(_as_array(x), lo, hi, src))
-
-
 def warmup() -> None:
     """Compile (or load from numba's on-disk cache) the kernel for float32 and float64."""
     for dtype in (torch.float32, torch.float64):
         x = torch.ones((7, 3000), dtype=dtype)
         centered_gram(x, x[0])
-        rows_equal(x, 1, 7, 0)
-        suffix_sources(x[:, :5])

@@ -23,9 +23,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ._gram import centered_gram, rows_equal, suffix_sources
+from ._gram import centered_gram
 from ._linf import linf_distances
 from ._orderstats import coordinate_median
+from ._rows import row_finite, rows_equal, sample_spread, suffix_sources
 
 #: Coordinates sampled to choose the pivot row (it only has to be near the bulk of the rows).
 PIVOT_SAMPLE = 512
@@ -86,16 +87,9 @@ def pivot_row(x: Tensor, sample: Tensor | None = None) -> int | None:
     spaced coordinates (``sample``, :func:`coordinate_sample` of x when None), skipping rows
     that are non-finite there or anywhere."""
     sample = coordinate_sample(x) if sample is None else sample
-    sample_ok = torch.isfinite(sample).all(dim=1)
-    clean = sample.nan_to_num(0.0, 0.0, 0.0)
-    norms = clean.square().sum(dim=1)
-    dist = _nan_to_inf(norms[:, None] + norms[None, :] - 2.0 * (clean @ clean.T))
-    if not bool(sample_ok.all()):
-        dist[~sample_ok] = float("inf")
-        dist[:, ~sample_ok] = float("inf")
-    spread = dist.median(dim=1).values
+    spread = sample_spread(sample)
     for i in torch.argsort(spread, stable=True).tolist():
-        if bool(torch.isfinite(x[i]).all()):
+        if row_finite(x[i]):
             return i
     return None
 
