@@ -160,31 +160,27 @@ class Simulation:
         attacked, byz, g = round_threat(s, t)
         honest_mask = torch.ones(cfg.workers, dtype=torch.bool)
         honest_mask[byz] = False
-        if attacked and not reads_byzantine_vectors(s):
-            # The forged rows replace the Byzantine workers' vectors and are built from the
-            # honest ones only: do not compute what nobody reads. The received matrix holds
-            # the honest rows first (in worker order, computed in place and read in place by
-            # the attack), then the Byzantine ones: every rule is invariant under a
-            # permutation of its rows (tests/test_aggregators.py), and the rows a rule
-            # selected are mapped back to workers below.
-            honest_rows = honest_mask.nonzero().flatten()
-            k = honest_rows.numel()
-            sent = torch.empty((cfg.workers, s.flat.d), dtype=self.theta.dtype)
-            honest = self.honest_vectors(t, None, honest_rows.tolist(), out=sent[:k])
-            forge(s, t, self.theta, g, honest=honest, own=None, f=byz.numel(),
+        honest_rows = honest_mask.nonzero().flatten()
+        k = honest_rows.numel()
+        # The received matrix holds the honest rows first (in worker order), then the
+        # Byzantine ones: the workers' vectors are computed in place and read in place by the
+        # attack, and its f rows forged in place. Every rule is invariant under a permutation
+        # of its rows (tests/test_aggregators.py); the rows a rule selected are mapped back
+        # to workers below.
+        worker_of_row = torch.cat([honest_rows, byz])
+        # The Byzantine workers' honest vectors only when the attack reads them (own
+        # knowledge, label flipping, dimensional corruption): do not compute what nobody reads.
+        computed = worker_of_row if not attacked or reads_byzantine_vectors(s) else honest_rows
+        sent = torch.empty((cfg.workers, s.flat.d), dtype=self.theta.dtype)
+        self.honest_vectors(t, byz if attacked and flips_labels(s) else None,
+                            computed.tolist(), out=sent[:computed.numel()])
+        honest = sent[:k]
+        if attacked and s.attack.dimensional:
+            sent = corrupt(s, sent, g)  # a corrupted copy: honest keeps the correct values
+        elif attacked:
+            own = sent[k:].clone() if computed.numel() > k else None
+            forge(s, t, self.theta, g, honest=honest, own=own, f=byz.numel(),
                   n=cfg.workers, out=sent[k:])
-            worker_of_row = torch.cat([honest_rows, byz])
-        else:
-            worker_of_row = None
-            vectors = self.honest_vectors(t, byz if attacked and flips_labels(s) else None)
-            honest = vectors[honest_mask] if byz.numel() else vectors
-            sent = vectors
-            if attacked and s.attack.dimensional:
-                sent = corrupt(s, vectors, g)
-            elif attacked:
-                # honest and own are copies, so the Byzantine rows can overwrite theirs
-                sent[byz] = forge(s, t, self.theta, g, honest=honest, own=vectors[byz],
-                                  f=byz.numel(), n=cfg.workers)
         truth = honest.mean(dim=0)
         aggregate = s.server.aggregate(sent)
         lr = self.lr(t)
@@ -194,7 +190,7 @@ class Simulation:
         else:
             self.theta = aggregate.value.clone()
         selected = aggregate.selected
-        if selected is not None and worker_of_row is not None:
+        if selected is not None:
             selected = [worker_of_row[rows] for rows in selected]
         return {"round": t, "lr": lr, "attacked": int(attacked), **diag,
                 "byzantine_selected": byzantine_selected(selected, byz)}
