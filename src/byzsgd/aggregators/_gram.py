@@ -427,19 +427,6 @@ def centered_gram(x: torch.Tensor, center: torch.Tensor | None = None) -> torch.
     return torch.from_numpy(np.triu(total) + np.triu(total, 1).T)
 
 
-@njit(cache=True, nogil=True)
-def _rows_equal(x, lo, hi, src):  # pragma: no cover - compiled
-    s = x[src]
-    for i in range(lo, hi):
-        r = x[i]
-        differ = False
-        for k in range(x.shape[1]):  # no early exit per value: the loop vectorizes
-            differ |= r[k] != s[k]
-        if differ:
-            return False
-    return True
-
-
 def warmup() -> None:
     """Compile (or load from numba's on-disk cache) the kernel for float32 and float64."""
     for dtype in (torch.float32, torch.float64):
