@@ -6,8 +6,9 @@ OpenMP's worker threads busy-wait for the next one, by default for 300,000 spin 
 the l_inf distances, the order statistics, A Little Is Enough's moments) run on their own
 threads (:mod:`byzsgd._pool`), so during a kernel that follows a torch op, the spinning
 OpenMP thread holds a core that a kernel thread needs: measured on 2 cores, the (51, 79510)
-Gram matrix takes 3.0 ms right after a small torch op instead of 1.9 ms, and a Krum training
-round 19.3 ms instead of 17.5 (``benchmarks/rounds.py``, before/after in the notes).
+Gram matrix takes 3.0 ms right after a small torch op instead of 1.9 ms, and the median Krum
+training round of ``benchmarks/rounds.py`` took 17.1 ms with the default spinning against
+15.5 ms with it bounded (four interleaved runs of each).
 
 ``GOMP_SPINCOUNT`` bounds the spinning; libgomp reads it once, when torch loads it, so it is
 set here, on importing byzsgd, only if torch is not imported yet and the user has not set it
