@@ -16,9 +16,7 @@ import numpy as np
 import torch
 from numba import njit
 
-
-def _as_array(t: torch.Tensor) -> np.ndarray:
-    return t.detach().contiguous().numpy()
+from ._gram import _as_array
 
 
 @njit(fastmath={"reassoc", "contract"}, cache=True, nogil=True)
