@@ -87,6 +87,10 @@ class DenseMLPGradients:
         if theta.shape[-1] != self.d or (not shared and theta.shape[0] != n):
             raise ValueError(f"theta must be ({self.d},) or ({n}, {self.d}), "
                              f"got {tuple(theta.shape)}")
+        if out is not None and (out.shape != (n, self.d) or out.dtype != theta.dtype
+                                or out.stride(1) != 1):
+            raise ValueError(f"out must be a ({n}, {self.d}) {theta.dtype} tensor with "
+                             f"contiguous rows, got {tuple(out.shape)} {out.dtype}")
         theta = theta.detach()
         last = len(self.slots) - 1
         acts = [x.detach().reshape(n * b, self.widths[0])]
@@ -108,9 +112,6 @@ class DenseMLPGradients:
         delta.mul_(1.0 / b)
         if out is None:
             out = torch.empty(n, self.d, dtype=delta.dtype)
-        elif out.shape != (n, self.d) or out.dtype != delta.dtype or out.stride(1) != 1:
-            raise ValueError(f"out must be a ({n}, {self.d}) {delta.dtype} tensor with "
-                             f"contiguous rows, got {tuple(out.shape)} {out.dtype}")
         for l in range(last, -1, -1):
             (w0, b0, end), fan_in, fan_out = self.slots[l], self.widths[l], self.widths[l + 1]
             per_worker = delta.view(n, b, fan_out)
