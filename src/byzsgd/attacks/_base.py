@@ -29,10 +29,13 @@ import dataclasses
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from numbers import Real
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor
+
+from byzsgd.constraints import Constraint, Interval, Options, validate
 
 if TYPE_CHECKING:
     from byzsgd.aggregators import BoundRule
@@ -138,23 +141,54 @@ class Context:
         return repeated.clone() if self.out is None else self.out.copy_(repeated)
 
 
+#: A finite real number (any sign).
+FINITE: list[Constraint] = [Interval(Real, None, None, closed="neither")]
+
+
 class Attack:
     """Base class of all attacks. Subclasses set the class attributes below.
 
     ``name`` is the registry name, ``summary`` a one-line description with its source,
     ``dimensional`` whether it follows the generalized (value-wise) model,
-    ``supported_knowledge`` the knowledge settings it implements (the first is the default).
+    ``supported_knowledge`` the knowledge settings it implements (the first is the default),
+    ``constraints`` the accepted values of each constructor parameter
+    (:mod:`byzsgd.constraints`; ``knowledge`` is declared here). Constructor parameters are
+    keyword-only and checked against the constraints before ``__init__`` runs; conditions
+    between parameters stay in ``__init__``.
     """
 
     name: ClassVar[str] = "attack"
     summary: ClassVar[str] = ""
     dimensional: ClassVar[bool] = False
     supported_knowledge: ClassVar[tuple[str, ...]] = ("none",)
+    constraints: ClassVar[dict[str, list[Constraint]]] = {}
+
+    def __new__(cls, *args: Any, **params: Any) -> Attack:
+        if args:  # an unregistered subclass may take positional parameters
+            try:
+                named = inspect.signature(cls.__init__).bind_partial(None, *args, **params)
+            except TypeError:
+                named = None  # __init__ will say what is wrong
+            if named is not None:
+                params = dict(list(named.arguments.items())[1:])
+        validate(cls.name, cls.parameter_constraints(), params)
+        return super().__new__(cls)
+
+    @classmethod
+    def parameter_constraints(cls) -> dict[str, list[Constraint]]:
+        """The declared constraints of every constructor parameter, ``knowledge`` included."""
+        return {"knowledge": [Options(cls.supported_knowledge), None], **cls.constraints}
+
+    @classmethod
+    def defaults(cls) -> dict[str, object]:
+        """The constructor parameters and their defaults."""
+        return {p.name: p.default for p in inspect.signature(cls.__init__).parameters.values()
+                if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
 
     def __init__(self, *, knowledge: str | None = None) -> None:
         if knowledge is None:
             knowledge = self.supported_knowledge[0]
-        if knowledge not in self.supported_knowledge:
+        if knowledge not in self.supported_knowledge:  # a subclass that skipped __new__
             raise ValueError(f"{self.name}: knowledge must be one of "
                              f"{', '.join(map(repr, self.supported_knowledge))}, "
                              f"got knowledge={knowledge!r}")
