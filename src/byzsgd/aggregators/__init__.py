@@ -29,7 +29,7 @@ import pkgutil
 from typing import Any
 
 from . import _registry
-from ._base import Aggregation
+from ._base import Aggregation, require
 from ._registry import (
     BoundRule,
     Rule,
@@ -56,6 +56,7 @@ __all__ = [
     "get",
     "names",
     "register",
+    "require",
     "spec",
 ]
 

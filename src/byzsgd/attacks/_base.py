@@ -5,7 +5,7 @@ Two threat models (Xie et al., Generalized Byzantine-tolerant SGD, Section 3):
 * **classic** (Definition 1 of Fall of Empires): f whole rows are Byzantine. A
   :class:`ClassicAttack` is called with keywords ``honest=`` (the h correct gradients of this
   round, (h, d)), ``own=`` (the gradients the f Byzantine workers computed honestly, (f, d)),
-  ``f=``, ``n=``, ``rule=`` (the deployed :class:`~byzsgd.aggregators.BoundRule`),
+  ``f=``, ``n=``, ``rule=`` (the deployed :class:`~byzsgd.aggregators.Rule`),
   ``generator=`` and, for backdoors, ``backdoor_loss=``; it returns a NEW (f, d) tensor of the
   Byzantine rows, in the dtype of ``honest`` (of ``own`` when ``honest`` is absent). It never
   changes its inputs. ``f = 0`` returns an empty (0, d) tensor.
@@ -38,7 +38,7 @@ from torch import Tensor
 from byzsgd.constraints import Constraint, Interval, Options, validate
 
 if TYPE_CHECKING:
-    from byzsgd.aggregators import BoundRule
+    from byzsgd.aggregators import Rule
 
 KNOWLEDGE = ("omniscient", "own", "none")
 
@@ -104,7 +104,7 @@ class Context:
     n: int | None = None
     honest: Tensor | None = None
     own: Tensor | None = None
-    rule: BoundRule | None = None
+    rule: Rule | None = None
     generator: torch.Generator | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     #: Where the caller wants the (f, d) rows written (None: a new tensor).
@@ -212,7 +212,7 @@ class ClassicAttack(Attack):
     """An attack in the classic model: returns the f Byzantine rows (see the module doc)."""
 
     def __call__(self, *, f: int, honest: Tensor | None = None, own: Tensor | None = None,
-                 n: int | None = None, rule: BoundRule | None = None,
+                 n: int | None = None, rule: Rule | None = None,
                  generator: torch.Generator | None = None, out: Tensor | None = None,
                  **context: Any) -> Tensor:
         """The (f, d) Byzantine rows; written into ``out`` (f, d) when given (it must not
@@ -238,7 +238,7 @@ class ClassicAttack(Attack):
 
 
 def make_context(attack: str, *, f: object, honest: object = None, own: object = None,
-                 n: object = None, rule: BoundRule | None = None,
+                 n: object = None, rule: Rule | None = None,
                  generator: torch.Generator | None = None,
                  extra: dict[str, Any] | None = None) -> Context:
     """Validate the keywords of a classic attack call (shapes, f, n) into a :class:`Context`."""
