@@ -7,6 +7,7 @@ user's module, is registered the same way.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -129,6 +130,7 @@ class RuleSpec:
         return self.select(gradients, f, **params).value
 
 
+@functools.cache
 def _signature(fn: Callable[..., Any]) -> inspect.Signature:
     return inspect.signature(fn)
 
