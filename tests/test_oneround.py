@@ -202,7 +202,8 @@ def test_cli_files_and_text(tmp_path, capsys):
     (["--attack", "nope"], "unknown attack"),
     (["--attack", "ipm", "--attack-param", "eps"], "K=V"),
     (["--attack", "alie", "--byzantine", "-1"], "f must be an int >= 0"),
-    (["--attack", "gambler", "--attack-param", "probability=2"], "probability must be <= 1"),
+    (["--attack", "gambler", "--attack-param", "probability=2"],
+     "gambler: probability must be a float in [0, 1], got 2"),
 ])
 def test_cli_errors(argv, match, capsys):
     code, _, err = cli(["--aggregator", "krum", "--synthetic", "9,4", *argv], capsys)

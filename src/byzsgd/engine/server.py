@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from byzsgd.aggregators import BoundRule
+from byzsgd.aggregators import Rule
 
 
 def learning_rate(lr: float, schedule: str, t: int, fading: float) -> float:
@@ -40,10 +40,17 @@ class Server:
     aggregated on its own by the same rule, as S parameter servers that do not talk to each
     other would (Generalized Byzantine-tolerant SGD 5.5): identical to one server for
     coordinate-wise rules, a different (per-shard) selection for Krum and the like.
+
+    ``rule`` is any :class:`~byzsgd.aggregators.Rule` (``select(gradients) -> Aggregation``):
+    a :class:`~byzsgd.aggregators.BoundRule` from ``aggregators.bind(name_or_function, f)``.
     """
 
-    def __init__(self, rule: BoundRule, d: int, *, servers: int = 1, momentum: float = 0.0,
+    def __init__(self, rule: Rule, d: int, *, servers: int = 1, momentum: float = 0.0,
                  weight_decay: float = 0.0) -> None:
+        if not isinstance(rule, Rule):
+            raise TypeError(f"Server needs a Rule (an object with select(gradients) -> "
+                            f"Aggregation, name and f), got {type(rule).__name__}; bind a "
+                            f"rule name or a function with aggregators.bind(rule, f)")
         if not 1 <= servers <= d:
             raise ValueError(f"servers must satisfy 1 <= servers <= d={d}, got {servers}")
         self.rule = rule
