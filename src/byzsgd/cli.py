@@ -4,62 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import types
-import typing
-from dataclasses import fields
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
-from byzsgd.config import ConfigError, ExperimentConfig
+from byzsgd.config import ConfigError
+from byzsgd.flags import add_config_flags, config_overrides, resolve_config
 
 DEMO_OUT = "runs/demo"
-
-
-def _field_type(annotation: Any) -> type:
-    """The scalar type of a config field annotation like ``int | None``."""
-    if isinstance(annotation, str):
-        annotation = eval(annotation, {"Any": Any})  # annotations are postponed strings
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        return args[0]
-    return annotation
-
-
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per config field (``--batch-size``), defaulting to 'not given' so that a
-    config file's values stand unless overridden; plus the repeatable K=V parameter flags."""
-    group = parser.add_argument_group("experiment (override the config file)")
-    for f in fields(ExperimentConfig):
-        kind = _field_type(f.type)
-        if kind is dict or typing.get_origin(kind) is dict:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        group.add_argument(flag, dest=f.name, type=kind, default=argparse.SUPPRESS,
-                           choices=f.metadata.get("choices"), help=f.metadata.get("help"))
-    group.add_argument("--aggregator-param", action="append", default=[], metavar="KEY=VALUE",
-                       help="rule parameter, repeatable (e.g. --aggregator-param m=5)")
-    group.add_argument("--attack-param", action="append", default=[], metavar="KEY=VALUE",
-                       help="attack parameter, repeatable (e.g. --attack-param epsilon=0.1)")
-
-
-def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    from byzsgd._params import parse_params
-
-    values = {f.name: getattr(args, f.name) for f in fields(ExperimentConfig)
-              if hasattr(args, f.name)}
-    if args.aggregator_param:
-        values["aggregator_params"] = parse_params(args.aggregator_param)
-    if args.attack_param:
-        values["attack_params"] = parse_params(args.attack_param)
-    return values
-
-
-def resolve_config(args: argparse.Namespace) -> ExperimentConfig:
-    overrides = config_overrides(args)
-    if args.config:
-        return ExperimentConfig.from_toml(args.config, overrides)
-    return ExperimentConfig.from_dict(overrides)
 
 
 # -- commands ----------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from byzsgd.config import ConfigError, ExperimentConfig
-from byzsgd.distributed.node import THREADS, add_timeout_flags
+from byzsgd.distributed.settings import THREADS, add_timeout_flags
 
 NODE = ["-m", "byzsgd.distributed.node"]
 
