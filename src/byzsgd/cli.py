@@ -94,9 +94,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_round(args: argparse.Namespace) -> int:
-    from byzsgd import oneround
+    from byzsgd import cli_round
 
-    return oneround.run(args)
+    return cli_round.run(args)
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
@@ -157,9 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("round", help="one round: what rule X makes of attack Y on given "
                                      "gradients (inner product, cosine, selection)")
-    from byzsgd import oneround
+    from byzsgd import cli_round
 
-    oneround.configure_parser(p)
+    cli_round.configure_parser(p)
     p.set_defaults(func=cmd_round)
 
     p = sub.add_parser("reproduce", help="run a paper's experiment (experiments/NAME.toml) "
