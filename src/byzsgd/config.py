@@ -195,16 +195,43 @@ def _positive(cfg: ExperimentConfig, *names: str) -> None:
             raise ConfigError(f"{name} must be >= 1, got {getattr(cfg, name)}")
 
 
+#: The tables a config file may hold besides the fields: ``[experiment]`` (the fields, else
+#: they are at the top level), ``[sweep]`` (``byzsgd sweep``), ``[reproduce]`` (``byzsgd
+#: reproduce``). A run reads the fields only.
+TABLES = ("experiment", "sweep", "reproduce")
+
+
 def load_toml(path: str | Path) -> dict[str, Any]:
-    """Read a TOML config; an optional ``[experiment]`` table may hold the fields."""
+    """Read a TOML config's fields: its ``[experiment]`` table, else its top level."""
+    if Path(path).is_dir():
+        raise ConfigError(f"config file {path} is a folder, not a TOML file")
     try:
         with open(path, "rb") as fh:
             values = tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config file {path}: {e}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: invalid TOML: {e}") from None
-    return dict(values.get("experiment", values))
+    return experiment_table(values, path)
+
+
+def experiment_table(values: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """The config fields of a parsed TOML file: its ``[experiment]`` table, with nothing
+    else at the top level but the other :data:`TABLES`; without that table, the top level
+    less those tables."""
+    if "experiment" not in values:
+        return {k: v for k, v in values.items() if k not in TABLES}
+    if not isinstance(values["experiment"], dict):
+        raise ConfigError(f"{path}: experiment must be a table ([experiment]), got "
+                          f"{values['experiment']!r}")
+    stray = [k for k in values if k not in TABLES]
+    if stray:
+        raise ConfigError(f"{path}: {', '.join(stray)} outside the [experiment] table: with "
+                          f"an [experiment] table, config fields go in it, and the only other "
+                          f"tables are {', '.join(f'[{t}]' for t in TABLES[1:])}")
+    return dict(values["experiment"])
 
 
 def to_toml(values: dict[str, Any]) -> str:
