@@ -8,7 +8,14 @@ from importlib import resources
 from pathlib import Path
 
 from byzsgd.config import ConfigError
-from byzsgd.flags import add_config_flags, config_overrides, resolve_config
+from byzsgd.flags import (
+    add_config_flags,
+    config_overrides,
+    out_dir,
+    positive_int,
+    resolve_config,
+    seed_list,
+)
 
 DEMO_OUT = "runs/demo"
 
@@ -37,8 +44,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from byzsgd.experiment import Sweep, format_table, run_sweep
     from byzsgd.plots import plot_curves, plot_heatmap
 
-    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
-    sweep = Sweep.from_toml(args.config, config_overrides(args), seeds)
+    sweep = Sweep.from_toml(args.config, config_overrides(args), args.seeds)
     table = run_sweep(sweep, args.out, jobs=args.jobs, quiet=args.quiet)
     print(format_table(table))
     out = Path(args.out)
@@ -115,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run one experiment")
     p.add_argument("--config", help="TOML config file (flags override it)")
-    p.add_argument("--out", default="runs/run", help="results directory (default: runs/run)")
+    p.add_argument("--out", type=out_dir, default="runs/run",
+                   help="results directory (default: runs/run)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true",
@@ -134,11 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "sweep":
             p.add_argument("--config", required=True,
                            help="TOML file with [experiment] and [sweep] tables")
-            p.add_argument("--seeds", help="comma-separated seeds (override the file's)")
-            p.add_argument("--out", default="runs/sweep", help="results directory")
+            p.add_argument("--seeds", type=seed_list,
+                           help="comma-separated seeds (override the file's)")
+            p.add_argument("--out", type=out_dir, default="runs/sweep", help="results directory")
         else:
-            p.add_argument("--out", default=DEMO_OUT, help="results directory")
-        p.add_argument("--jobs", type=int, default=2, help="parallel processes (default 2)")
+            p.add_argument("--out", type=out_dir, default=DEMO_OUT, help="results directory")
+        p.add_argument("--jobs", type=positive_int, default=2,
+                       help="parallel processes (default 2)")
         p.add_argument("--quiet", action="store_true")
         p.add_argument("--no-plot", action="store_true", help="skip the plots")
         add_config_flags(p)

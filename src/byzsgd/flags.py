@@ -7,39 +7,27 @@ Shared by ``byzsgd run``/``sweep`` (:mod:`byzsgd.cli`) and every process of a di
 from __future__ import annotations
 
 import argparse
-import types
-import typing
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
-from byzsgd.config import ExperimentConfig
-
-
-def _field_type(annotation: Any) -> Any:
-    """The scalar type of a resolved config field annotation: ``int | None`` -> ``int``."""
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        return next(a for a in typing.get_args(annotation) if a is not type(None))
-    return annotation
-
-
-def field_types() -> dict[str, Any]:
-    """Each config field's scalar type (``typing.get_type_hints``, no ``eval``)."""
-    hints = typing.get_type_hints(ExperimentConfig)
-    return {f.name: _field_type(hints[f.name]) for f in fields(ExperimentConfig)}
+from byzsgd.config import CONSTRAINTS, ExperimentConfig, Options, field_types
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per config field (``--batch-size``), defaulting to 'not given' so that a
     config file's values stand unless overridden; plus the repeatable K=V parameter flags."""
     group = parser.add_argument_group("experiment (override the config file)")
-    kinds = field_types()
+    kinds = field_types()  # from the annotations (typing.get_type_hints, no eval)
     for f in fields(ExperimentConfig):
-        kind = kinds[f.name]
-        if typing.get_origin(kind) in (dict, list) or kind in (dict, list):
+        kind, _ = kinds[f.name]
+        if kind not in (int, float, str):  # tables and lists: the K=V flags below, or TOML
             continue
+        rule = CONSTRAINTS[f.name]
         flag = "--" + f.name.replace("_", "-")
         group.add_argument(flag, dest=f.name, type=kind, default=argparse.SUPPRESS,
-                           choices=f.metadata.get("choices"), help=f.metadata.get("help"))
+                           choices=rule.values if isinstance(rule, Options) else None,
+                           help=f.metadata.get("help"))
     group.add_argument("--aggregator-param", action="append", default=[], metavar="KEY=VALUE",
                        help="rule parameter, repeatable (e.g. --aggregator-param m=5)")
     group.add_argument("--attack-param", action="append", default=[], metavar="KEY=VALUE",
@@ -65,3 +53,45 @@ def resolve_config(args: argparse.Namespace) -> ExperimentConfig:
     if args.config:
         return ExperimentConfig.from_toml(args.config, overrides)
     return ExperimentConfig.from_dict(overrides)
+
+
+# -- argparse types of the command-level options -----------------------------------------------
+
+def out_dir(text: str) -> str:
+    """``--out``: a results folder; not empty, and not an existing file."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name a folder, got an empty string")
+    if Path(text).exists() and not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a folder")
+    return text
+
+
+def _int_at_least(low: int) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an int >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an int >= {low}, got {text!r}")
+        return value
+
+    parse.__name__ = f"int >= {low}"
+    return parse
+
+
+#: ``--jobs``, ``--threads``, ...: an int >= 1; ``--node-rank``: an int >= 0.
+positive_int = _int_at_least(1)
+nonnegative_int = _int_at_least(0)
+
+
+def seed_list(text: str) -> list[int]:
+    """``--seeds 0,1,2``: comma-separated ints >= 0."""
+    try:
+        seeds = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated ints >= 0, got "
+                                         f"{text!r}") from None
+    if any(s < 0 for s in seeds):
+        raise argparse.ArgumentTypeError(f"seeds must be >= 0, got {text!r}")
+    return seeds

@@ -265,12 +265,18 @@ class Sweep:
             for seed in seeds:
                 cfg = base.replace(**fields_, seed=seed)
                 cfg = cfg.replace(**{group: {**getattr(cfg, group),
-                                             **self.params.get(getattr(cfg, head), {}),
+                                             **self._params_of(getattr(cfg, head)),
                                              **own.get(group, {}), **swept[group]}
                                      for group, head in zip(PARAM_AXES, ("aggregator", "attack"),
                                                             strict=True)})
                 out.append(Point("__".join([*prefix, f"seed={seed}"]), row, cfg, point))
         return out
+
+
+    def _params_of(self, name: Any) -> dict[str, Any]:
+        """``[sweep.params.NAME]`` (a name of the wrong type, refused by validation, has
+        none)."""
+        return self.params.get(name, {}) if isinstance(name, str) else {}
 
 
 def _fields(changes: dict[str, Any]) -> dict[str, Any]:
@@ -316,10 +322,10 @@ def mean_std(points: Iterable[Point], key: Callable[[Point], dict[str, Any]],
     """One row per distinct ``key(point)`` (in order of appearance): the key's fields, the
     number of runs (``seeds``), and ``COLUMN_mean``/``COLUMN_std`` over the runs' ``measure``
     (values that are None or NaN left out; std 0 for one value, NaN mean for none)."""
-    groups: dict[tuple[Any, ...], tuple[dict[str, Any], list[Mapping[str, Any]]]] = {}
+    groups: dict[str, tuple[dict[str, Any], list[Mapping[str, Any]]]] = {}
     for p in points:
         head = key(p)
-        groups.setdefault(tuple(head.values()), (head, []))[1].append(measure(p))
+        groups.setdefault(repr(tuple(head.values())), (head, []))[1].append(measure(p))
     table = []
     for head, runs in groups.values():
         row: dict[str, Any] = {**head, "seeds": len(runs)}

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from byzsgd import flags
 from byzsgd.config import ConfigError
 from byzsgd.experiment import run_points
 from byzsgd.grid import Point, Sweep, Variant, config_value, fmt, mean_std, read_toml
@@ -288,7 +289,6 @@ def reproduce(name: str, *, quick: bool = False, seeds: int | None = None, jobs:
     exp = load(name, directory)
     out_dir = Path(out) if out else Path("runs") / "reproduce" / (
         exp.name + ("-quick" if quick else ""))
-    out_dir.mkdir(parents=True, exist_ok=True)
     pts = points(exp, quick=quick, seeds=None if seeds is None else list(range(seeds)))
     tic = time.perf_counter()
     executed = run_points(pts, out_dir, jobs=jobs, quiet=quiet, threads=threads,
@@ -341,11 +341,14 @@ def configure_parser(p: Any) -> None:
     p.add_argument("--list", action="store_true", help="list the experiments and exit")
     p.add_argument("--quick", action="store_true",
                    help="the minutes-long smoke-test version of the same experiment")
-    p.add_argument("--seeds", type=int, help="number of seeds (0..K-1; default: the file's)")
-    p.add_argument("--jobs", type=int, default=2, help="parallel processes (default 2)")
-    p.add_argument("--out", help="results directory (default runs/reproduce/NAME[-quick]; "
-                                 "with several names, a parent directory)")
-    p.add_argument("--threads", type=int,
+    p.add_argument("--seeds", type=flags.positive_int,
+                   help="number of seeds (0..K-1; default: the file's)")
+    p.add_argument("--jobs", type=flags.positive_int, default=2,
+                   help="parallel processes (default 2)")
+    p.add_argument("--out", type=flags.out_dir,
+                   help="results directory (default runs/reproduce/NAME[-quick]; with several "
+                        "names, a parent directory)")
+    p.add_argument("--threads", type=flags.positive_int,
                    help="torch threads per process (default: cores / jobs)")
     p.add_argument("--quiet", action="store_true")
 

@@ -37,13 +37,14 @@ SUPERVISED = "BYZSGD_SUPERVISED"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from byzsgd.flags import add_config_flags
+    from byzsgd.flags import add_config_flags, out_dir
 
     parser = argparse.ArgumentParser(prog="python -m byzsgd.distributed.node",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="TOML config file (flags override it)")
     parser.add_argument("--config-json", help=argparse.SUPPRESS)
-    parser.add_argument("--out", default="runs/run", help="results directory (server 0)")
+    parser.add_argument("--out", type=out_dir, default="runs/run",
+                        help="results directory (server 0)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its last checkpoint")
     parser.add_argument("--quiet", action="store_true", help="no progress output")

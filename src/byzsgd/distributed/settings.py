@@ -22,6 +22,17 @@ def seconds(text: str) -> float:
     return value
 
 
+def port(text: str) -> int:
+    """An argparse type: a TCP port, 1 to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port in [1, 65535], got {text!r}")
+    return value
+
+
 def add_timeout_flags(group: argparse._ActionsContainer) -> None:
     """The time limits of :class:`~byzsgd.distributed.protocol.Options` as flags."""
     group.add_argument("--deadline", type=seconds, default=60.0,
