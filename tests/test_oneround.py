@@ -14,7 +14,8 @@ from byzsgd import aggregators as G
 from byzsgd import attacks as A
 from byzsgd._params import parse_params, parse_value
 from byzsgd.attacks import ClassicAttack, Context
-from byzsgd.oneround import configure_parser, evaluate, load_gradients, run
+from byzsgd.cli_round import configure_parser, load_gradients, run
+from byzsgd.oneround import evaluate
 
 
 class Given(ClassicAttack):

@@ -10,7 +10,7 @@ metrics, and server 0 writes the same result files.
 
 Modules: :mod:`.protocol` (message format, tags, timeouts), :mod:`.links` (a server's
 fault-tolerant channels to its workers), :mod:`.server`, :mod:`.worker`, :mod:`.faults`
-(fault accounting and test-only fault injection), :mod:`.node` (the per-process entry point)
-and :mod:`.launch` (local spawning and the torchrun wrapper). Importing this package does not
-import torch.
+(fault accounting and test-only fault injection), :mod:`.settings` (time-limit flags),
+:mod:`.node` (the per-process entry point) and :mod:`.launch` (local spawning and the torchrun
+wrapper). Importing this package does not import torch.
 """

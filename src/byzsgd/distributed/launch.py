@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from byzsgd.config import ConfigError, ExperimentConfig
-from byzsgd.distributed.node import THREADS, add_timeout_flags
+from byzsgd.distributed.settings import THREADS, add_timeout_flags, port
+from byzsgd.flags import nonnegative_int, positive_int
 
 NODE = ["-m", "byzsgd.distributed.node"]
 
@@ -43,12 +44,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "torchrun: run torchrun with the rendezvous flags below")
     group.add_argument("--master-addr", default="127.0.0.1",
                        help="address of server 0's rendezvous store (default 127.0.0.1)")
-    group.add_argument("--master-port", type=int, default=None,
+    group.add_argument("--master-port", type=port, default=None,
                        help="its port (default: a free port; 29500 under torchrun)")
-    group.add_argument("--nnodes", type=int, default=1, help="torchrun: number of machines")
-    group.add_argument("--node-rank", type=int, default=0,
+    group.add_argument("--nnodes", type=positive_int, default=1,
+                       help="torchrun: number of machines")
+    group.add_argument("--node-rank", type=nonnegative_int, default=0,
                        help="torchrun: this machine's rank (machine 0 hosts the servers)")
-    group.add_argument("--nproc-per-node", type=int, default=None,
+    group.add_argument("--nproc-per-node", type=positive_int, default=None,
                        help="torchrun: processes on this machine (default: all S + n)")
     group.add_argument("--rdzv-backend", default=None, help="torchrun: rendezvous backend")
     group.add_argument("--rdzv-endpoint", default=None, help="torchrun: rendezvous endpoint")

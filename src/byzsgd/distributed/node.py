@@ -30,20 +30,21 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from byzsgd.config import ExperimentConfig
 
+from byzsgd.distributed.settings import THREADS, add_timeout_flags
+
 log = logging.getLogger("byzsgd.distributed")
 SUPERVISED = "BYZSGD_SUPERVISED"
-#: Intra-op threads of this process (the launcher shares the cores among the processes).
-THREADS = "BYZSGD_THREADS"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from byzsgd.cli import add_config_flags
+    from byzsgd.flags import add_config_flags, out_dir
 
     parser = argparse.ArgumentParser(prog="python -m byzsgd.distributed.node",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="TOML config file (flags override it)")
     parser.add_argument("--config-json", help=argparse.SUPPRESS)
-    parser.add_argument("--out", default="runs/run", help="results directory (server 0)")
+    parser.add_argument("--out", type=out_dir, default="runs/run",
+                        help="results directory (server 0)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its last checkpoint")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
@@ -53,18 +54,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_timeout_flags(parser.add_argument_group("distributed time limits"))
     add_config_flags(parser)
     return parser
-
-
-def add_timeout_flags(group: argparse._ActionsContainer) -> None:
-    """The time limits of :class:`~byzsgd.distributed.protocol.Options` as flags."""
-    group.add_argument("--deadline", type=float, default=60.0,
-                       help="seconds a server waits for the workers' vectors in a round "
-                            "before treating the missing ones as absent (default 60)")
-    group.add_argument("--connect-timeout", type=float, default=120.0,
-                       help="seconds to wait for every process to join (default 120)")
-    group.add_argument("--idle-timeout", type=float, default=1800.0,
-                       help="seconds a worker waits for its server's next message (default "
-                            "1800)")
 
 
 def role(rank: int, servers: int, workers: int) -> tuple[str, int]:
@@ -116,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _config(args: argparse.Namespace) -> ExperimentConfig:
-    from byzsgd.cli import resolve_config
     from byzsgd.config import ExperimentConfig
+    from byzsgd.flags import resolve_config
 
     if args.config_json:
         return ExperimentConfig.from_dict(json.loads(args.config_json))
