@@ -39,7 +39,8 @@ def run(config: ExperimentConfig, out: str | Path, *, resume: bool = False,
     A directory that already holds a run is never silently replaced: ``resume`` continues it
     (same config only), ``overwrite`` starts it over; otherwise :class:`ConfigError`.
     """
-    from byzsgd.engine.simulator import Simulation, build
+    from byzsgd.engine.setup import build
+    from byzsgd.engine.simulator import Simulation
 
     out = Path(out)
     if not (resume or overwrite) and holds_run(out):

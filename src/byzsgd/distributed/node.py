@@ -131,7 +131,7 @@ def _run(args: argparse.Namespace, config: ExperimentConfig, kind: str, index: i
 
     from byzsgd._memory import keep_freed_memory
     from byzsgd.distributed.protocol import Options
-    from byzsgd.engine.simulator import build
+    from byzsgd.engine.setup import build
 
     keep_freed_memory()
     if os.environ.get(THREADS):

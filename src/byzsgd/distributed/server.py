@@ -54,7 +54,8 @@ from byzsgd.distributed.links import Event, WorkerLink
 from byzsgd.distributed.protocol import Channel, Kind, Message, Options
 from byzsgd.engine.round import corrupt, lr_of, round_threat
 from byzsgd.engine.server import Server
-from byzsgd.engine.simulator import METRIC_COLUMNS, ROUND_COLUMNS, Setup, Simulation
+from byzsgd.engine.setup import Setup
+from byzsgd.engine.simulator import METRIC_COLUMNS, ROUND_COLUMNS, Simulation
 from byzsgd.metrics import byzantine_selected
 
 log = logging.getLogger("byzsgd.distributed")

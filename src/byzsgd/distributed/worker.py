@@ -25,7 +25,7 @@ from byzsgd.distributed import protocol
 from byzsgd.distributed.faults import FaultPlan, garble
 from byzsgd.distributed.protocol import ABSTAIN, Channel, Kind, Message, Options
 from byzsgd.engine.round import flips_labels, forge, honest_vectors, round_threat
-from byzsgd.engine.simulator import Setup
+from byzsgd.engine.setup import Setup
 from byzsgd.seeding import seed_round_dropout
 
 log = logging.getLogger("byzsgd.distributed")

@@ -1,6 +1,6 @@
 """The pieces of one training round that the simulator and the distributed runtime share.
 
-Both call these with the same :class:`~byzsgd.engine.simulator.Setup`, so that a worker
+Both call these with the same :class:`~byzsgd.engine.setup.Setup`, so that a worker
 process computing its own vector, a Byzantine worker process forging its row and the
 parameter server diagnosing the round do exactly what the single-process simulator does:
 
@@ -28,7 +28,7 @@ from byzsgd.metrics import direction_diagnostics
 from byzsgd.seeding import generator_for
 
 if TYPE_CHECKING:
-    from byzsgd.engine.simulator import Setup
+    from byzsgd.engine.setup import Setup
 
 
 def lr_of(setup: Setup, t: int) -> float:

@@ -20,18 +20,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from byzsgd import aggregators, attacks, data, models
 from byzsgd._memory import keep_freed_memory
-from byzsgd.config import ConfigError, ExperimentConfig, to_toml
-from byzsgd.engine.backdoor import BackdoorTask
-from byzsgd.engine.flatmodel import FlatModel
+from byzsgd.config import ConfigError, to_toml
 from byzsgd.engine.round import (
     corrupt,
     flips_labels,
@@ -42,9 +38,7 @@ from byzsgd.engine.round import (
     round_diagnostics,
     round_threat,
 )
-from byzsgd.engine.sampler import WorkerSampler
-from byzsgd.engine.server import Server
-from byzsgd.engine.sparse import SparseRows
+from byzsgd.engine.setup import Setup, build
 from byzsgd.metrics import backdoor_success, byzantine_selected, cross_entropy, topk_accuracy
 from byzsgd.results import (
     CsvLog,
@@ -54,8 +48,9 @@ from byzsgd.results import (
     truncate_rows,
     write_json,
 )
-from byzsgd.seeding import generator_for, seed_round_dropout
-from byzsgd.threat import ThreatModel
+from byzsgd.seeding import seed_round_dropout
+
+__all__ = ["METRIC_COLUMNS", "ROUND_COLUMNS", "Setup", "Simulation", "build"]
 
 ROUND_COLUMNS = ["round", "lr", "attacked", "inner_product", "cosine", "aggregate_norm",
                  "distance", "byzantine_selected"]
@@ -63,64 +58,6 @@ METRIC_COLUMNS = ["round", "epoch", "lr", "test_accuracy", "test_top3", "test_lo
                   "train_loss", "backdoor_success", "inner_product", "cosine",
                   "negative_inner_fraction", "aggregate_norm", "distance",
                   "byzantine_selected", "rounds_per_s"]
-
-
-@dataclass
-class Setup:
-    """Everything a run needs, built and checked from its config before training."""
-
-    config: ExperimentConfig
-    dataset: data.Dataset
-    flat: FlatModel
-    sampler: WorkerSampler
-    server: Server
-    threat: ThreatModel
-    attack: Any | None
-    backdoor: BackdoorTask | None
-    #: A fixed sample of the training set on which the train loss is measured.
-    train_probe: tuple[Tensor, Tensor] = field(repr=False)
-    #: The training images as sparse rows when they are mostly zero and the model is a dense
-    #: MLP whose hand-written backward computes its first layer from them (engine/sparse.py;
-    #: the minibatch inputs are then written by that product, not gathered), else None.
-    sparse_train: SparseRows | None = field(default=None, repr=False)
-
-
-def build(config: ExperimentConfig) -> Setup:
-    """Load the data, split it, build the model, rule, attack and threat model."""
-    cfg = config.validate()
-    dataset = data.load(cfg.dataset, cfg.data_dir)
-    if cfg.inputs == "standardized":
-        dataset = dataset.standardized()
-    model = models.build(cfg.model, dataset.input_shape, dataset.num_classes,
-                         generator=generator_for(cfg.seed, "init"))
-    flat = FlatModel(model)
-    shards = data.partition(dataset.y_train, cfg.workers, cfg.partition,
-                            generator=generator_for(cfg.seed, "partition"),
-                            alpha=cfg.partition_alpha, shards_per_worker=cfg.shards_per_worker)
-    try:
-        sampler = WorkerSampler(shards, cfg.batch_size, cfg.seed)
-    except ValueError as e:
-        raise ConfigError(f"batch_size: {e}") from None
-    rule = aggregators.bind(cfg.aggregator, cfg.rule_f, **cfg.aggregator_params)
-    server = Server(rule, flat.d, servers=cfg.servers, momentum=cfg.momentum,
-                    weight_decay=cfg.weight_decay)
-    attack = None
-    if cfg.attack != "none":
-        params = dict(cfg.attack_params)
-        if cfg.knowledge is not None:
-            params["knowledge"] = cfg.knowledge
-        attack = attacks.get(cfg.attack, **params)
-    threat = ThreatModel(n=cfg.workers, f=cfg.byzantine, selection=cfg.selection,
-                         knowledge=cfg.knowledge,
-                         model="generalized" if getattr(attack, "dimensional", False)
-                         else "classic",
-                         start_round=cfg.attack_start, stop_round=cfg.attack_stop)
-    backdoor = None if cfg.backdoor == "none" else BackdoorTask(cfg.backdoor, dataset, cfg.seed)
-    g = generator_for(cfg.seed, "probe")
-    probe = torch.randperm(len(dataset.y_train), generator=g)[: cfg.eval_train_samples]
-    sparse = SparseRows.from_dense(dataset.x_train) if flat.method == "mlp" else None
-    return Setup(cfg, dataset, flat, sampler, server, threat, attack, backdoor,
-                 (dataset.x_train[probe], dataset.y_train[probe]), sparse)
 
 
 class Simulation:
