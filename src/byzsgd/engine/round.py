@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from byzsgd.engine.server import learning_rate
-from byzsgd.metrics import direction_diagnostics
+from byzsgd.metrics import diagnostics_from_sums, direction_sums
 from byzsgd.seeding import generator_for
 
 if TYPE_CHECKING:
@@ -148,10 +148,17 @@ def corrupt(setup: Setup, vectors: Tensor, generator: torch.Generator) -> Tensor
     return corrupted
 
 
+def diagnostic_sums(mode: str, theta: Tensor, truth: Tensor, aggregate: Tensor) -> Tensor:
+    """:func:`~byzsgd.metrics.direction_sums` of the aggregate and the mean correct vector
+    ``truth``: gradients directly, in model-averaging mode the implied updates
+    theta_t - vector (on a shard of the coordinates, that shard's part of the sums)."""
+    if mode == "gradient":
+        return direction_sums(truth, aggregate)
+    return direction_sums(theta - truth, theta - aggregate)
+
+
 def round_diagnostics(setup: Setup, theta: Tensor, truth: Tensor,
                       aggregate: Tensor) -> dict[str, float]:
-    """How the aggregate relates to the mean correct vector ``truth``: gradients directly, in
-    model-averaging mode the implied updates theta_t - vector."""
-    if setup.config.mode == "gradient":
-        return direction_diagnostics(truth, aggregate)
-    return direction_diagnostics(theta - truth, theta - aggregate)
+    """How the aggregate relates to the mean correct vector ``truth``
+    (:func:`diagnostic_sums`)."""
+    return diagnostics_from_sums(diagnostic_sums(setup.config.mode, theta, truth, aggregate))

@@ -20,6 +20,7 @@ from byzsgd.engine.flatmodel import FlatModel
 from byzsgd.engine.sampler import WorkerSampler
 from byzsgd.engine.server import Server
 from byzsgd.engine.sparse import SparseRows
+from byzsgd.metrics import backdoor_success, cross_entropy, topk_accuracy
 from byzsgd.seeding import generator_for
 from byzsgd.threat import ThreatModel
 
@@ -42,6 +43,22 @@ class Setup:
     #: MLP whose hand-written backward computes its first layer from them (engine/sparse.py;
     #: the minibatch inputs are then written by that product, not gathered), else None.
     sparse_train: SparseRows | None = field(default=None, repr=False)
+
+    def evaluate(self, theta: Tensor) -> dict[str, float]:
+        """The model theta on the test set (top-1, top-3, loss), its loss on the training
+        probe, and the backdoor's success rate (NaN without a backdoor task)."""
+        ds = self.dataset
+        logits = self.flat.predict(theta, ds.x_test)
+        probe_x, probe_y = self.train_probe
+        row = {"test_accuracy": topk_accuracy(logits, ds.y_test, 1),
+               "test_top3": topk_accuracy(logits, ds.y_test, 3),
+               "test_loss": cross_entropy(logits, ds.y_test),
+               "train_loss": cross_entropy(self.flat.predict(theta, probe_x), probe_y),
+               "backdoor_success": float("nan")}
+        if self.backdoor is not None:
+            x, y = self.backdoor.test_batch()
+            row["backdoor_success"] = backdoor_success(self.flat.predict(theta, x), y)
+        return row
 
 
 def build(config: ExperimentConfig) -> Setup:
