@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import pytest
@@ -214,14 +213,14 @@ def test_byzantine_vectors_are_computed_only_when_the_attack_reads_them(
     sim = Simulation(build(cfg(attack="alie", attack_params={"knowledge": knowledge})),
                      tmp_path)
     rows_seen = []
-    original = sim.honest_vectors
+    original = sim.workers.vectors
 
-    def spy(t, flip, rows=None, out=None):
-        vectors = original(t, flip, rows, out)
+    def spy(*args, **kwargs):
+        vectors = original(*args, **kwargs)
         rows_seen.append(vectors.shape[0])
         return vectors
 
-    monkeypatch.setattr(sim, "honest_vectors", spy)
+    monkeypatch.setattr(sim.workers, "vectors", spy)
     for t in range(5):
         sim.round(t)
     assert rows_seen == [computed] * 5
@@ -232,9 +231,8 @@ def test_skipping_the_byzantine_vectors_changes_no_number(tmp_path, monkeypatch)
                  rounds=10)
     lean = Simulation(build(config), tmp_path / "a")
     full = Simulation(build(config), tmp_path / "b")
-    import byzsgd.engine.simulator as simulator
     rows_lean = [lean.round(t) for t in range(10)]
-    monkeypatch.setattr(simulator, "reads_byzantine_vectors", lambda setup: True)
+    monkeypatch.setattr(full.adversary, "reads_byzantine_vectors", lambda: True)
     rows_full = [full.round(t) for t in range(10)]
     torch.testing.assert_close(lean.theta, full.theta)
     for a, b in zip(rows_lean, rows_full, strict=True):
@@ -258,12 +256,14 @@ def test_mnist_first_layer_runs_on_the_non_zero_pixels(tmp_path):
     (no zeros) and convolutional models do not; both paths train alike."""
     mnist = dict(dataset="mnist-5k", model="mlp", workers=11, byzantine=2, batch_size=16)
     setup = build(cfg(**mnist))
-    assert setup.sparse_train is not None and setup.sparse_train.density < 0.3
-    assert build(cfg(**mnist, inputs="standardized")).sparse_train is None
-    assert build(cfg(**{**mnist, "model": "cnn-fall"})).sparse_train is None
+    assert setup.flat.sparse_inputs is not None and setup.flat.sparse_inputs.density < 0.3
+    assert build(cfg(**mnist, inputs="standardized")).flat.sparse_inputs is None
+    assert build(cfg(**{**mnist, "model": "cnn-fall"})).flat.sparse_inputs is None
     sparse = Simulation(setup, tmp_path / "a")
-    dense = Simulation(dataclasses.replace(build(cfg(**mnist)), sparse_train=None),
-                       tmp_path / "b")
+    dense_setup = build(cfg(**mnist))
+    dense_setup.flat.use_training_inputs(dense_setup.dataset.x_train, sparse=False)
+    assert dense_setup.flat.sparse_inputs is None
+    dense = Simulation(dense_setup, tmp_path / "b")
     for t in range(5):
         sparse.round(t)
         dense.round(t)

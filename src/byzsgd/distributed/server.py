@@ -52,7 +52,7 @@ from byzsgd.distributed.faults import (
 from byzsgd.distributed.links import Event, WorkerLink
 from byzsgd.distributed.protocol import Channel, Kind, Message, Options
 from byzsgd.engine.recorder import METRIC_COLUMNS, ROUND_COLUMNS, Recorder
-from byzsgd.engine.round import corrupt, diagnostic_sums, lr_of, round_threat
+from byzsgd.engine.round import Draw, diagnostic_sums
 from byzsgd.engine.server import Server
 from byzsgd.engine.setup import Setup
 from byzsgd.metrics import byzantine_selected, diagnostics_from_sums
@@ -105,8 +105,10 @@ class ShardServer:
         self.a, self.b = setup.server.shards[index]
         self.width = self.b - self.a
         self.single = cfg.servers == 1
-        self.server = Server(setup.server.rule, self.width, momentum=cfg.momentum,
-                             weight_decay=cfg.weight_decay)
+        self.server = Server(setup.server.rule, self.width)  # aggregates this shard
+        self.adversary = setup.adversary()
+        self.step = setup.step()
+        self.buffer: Tensor | None = None  # this shard of the momentum buffer
         self.theta = setup.flat.initial()[self.a:self.b].clone()
         self.events: queue.Queue[Event] = queue.Queue()
         capacity = 2 * 4 * self.width + 4096
@@ -120,10 +122,11 @@ class ShardServer:
     # -- one round ---------------------------------------------------------------------------
 
     def round(self, t: int) -> ShardReport:
-        cfg, s = self.cfg, self.s
+        cfg = self.cfg
         n = cfg.workers
         start = time.perf_counter()
-        attacked, byz, g = round_threat(s, t)
+        draw = self.adversary.draw(t)
+        byz = draw.byzantine
         status = torch.zeros(n, dtype=torch.long)
         details: dict[int, tuple[int, str]] = {}
 
@@ -164,20 +167,17 @@ class ShardServer:
         honest = torch.ones(n, dtype=torch.bool)
         honest[byz] = False
         received = vectors
-        if attacked and s.attack.dimensional:
-            received = self._corrupt(vectors, g)
-        elif attacked and byz.numel():
+        if draw.attacked and self.adversary.dimensional:
+            received = self._corrupt(draw, vectors)
+        elif draw.attacked and byz.numel():
             received = self._byzantine_rows(t, vectors, byz, honest, status, sent, fault)
         attack = time.perf_counter()
 
         # 4. aggregate and step
         theta = self.theta
         aggregate = self.server.aggregate(received)
-        lr = lr_of(s, t)
-        if cfg.mode == "gradient":
-            self.theta = self.server.step(theta, aggregate.value, lr)
-        else:
-            self.theta = aggregate.value.clone()
+        self.theta, self.buffer = self.step(theta, aggregate.value, self.step.lr_at(t),
+                                            self.buffer)
         done = time.perf_counter()
         correct = honest & (status == OK)
         if bool(correct.all()):
@@ -225,15 +225,15 @@ class ShardServer:
             return MALFORMED, None, f"round {ev.round} instead of {t}"
         return validate(ev.parts, self.width)
 
-    def _corrupt(self, vectors: Tensor, g: torch.Generator) -> Tensor:
+    def _corrupt(self, draw: Draw, vectors: Tensor) -> Tensor:
         """A dimensional attack on the received values, drawing what it draws in the
         simulator: on the full (n, d) matrix (this shard embedded in zeros: both attacks
         corrupt each value independently of the others)."""
         if self.single:
-            return corrupt(self.s, vectors, g)
+            return self.adversary.corrupt(draw, vectors)
         full = torch.zeros(vectors.shape[0], self.s.flat.d)
         full[:, self.a:self.b] = vectors
-        return corrupt(self.s, full, g)[:, self.a:self.b]
+        return self.adversary.corrupt(draw, full)[:, self.a:self.b]
 
     def _byzantine_rows(self, t: int, vectors: Tensor, byz: Tensor, honest: Tensor,
                         status: Tensor, sent: set[int],
@@ -243,7 +243,7 @@ class ShardServer:
         arrived = (status == OK) | (status == NONFINITE)
         own = [w for w in byz.tolist() if arrived[w]]
         seen = []
-        if getattr(self.s.attack, "knowledge", None) == "omniscient":
+        if getattr(self.adversary.attack, "knowledge", None) == "omniscient":
             seen = (honest & arrived).nonzero().flatten().tolist()
         index = torch.tensor(own + seen, dtype=torch.long)
         know = Message(Kind.KNOW, t, [index, vectors[index]], aux=len(own))
@@ -270,11 +270,10 @@ class ShardServer:
 
     def load(self, theta: Tensor, buffer: Tensor | None) -> None:
         self.theta = theta.reshape(-1).clone()
-        self.server.buffer = None if buffer is None else buffer.reshape(-1).clone()
+        self.buffer = None if buffer is None else buffer.reshape(-1).clone()
 
     def state_parts(self) -> list[Tensor]:
-        buffer = self.server.buffer
-        return [self.theta] if buffer is None else [self.theta, buffer]
+        return [self.theta] if self.buffer is None else [self.theta, self.buffer]
 
     def stop(self, grace: float = 5.0) -> None:
         """Tell every worker the run is over; wait up to ``grace`` s for the live ones."""
@@ -337,7 +336,7 @@ class LeadServer:
         self.recorder = recorder or lead_recorder(setup, out)
 
     def lr(self, t: int) -> float:
-        return lr_of(self.s, t)
+        return self.shard.step.lr_at(t)
 
     def run(self, *, resume: bool = False, overwrite: bool = False,
             progress: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
@@ -379,13 +378,14 @@ class LeadServer:
             msg = protocol.recv(s, Channel.BETWEEN_SERVERS, self._timeout)
             reports.append(ShardReport.decode(msg.parts[0], s))
         self.gathered = False
-        attacked, byz, _ = round_threat(self.s, t)
+        draw = self.shard.adversary.draw(t)
+        byz = draw.byzantine
         status = torch.stack([r.status for r in reports]).amax(dim=0)
         details = {w: d for r in reversed(reports) for w, d in r.details.items()}
         counts = self.faults.record(t, status, details, byz)
         diag = diagnostics_from_sums(torch.stack([r.sums for r in reports]).sum(dim=0))
         selected = [r.selected for r in reports]
-        row = {"round": t, "lr": self.lr(t), "attacked": int(attacked), **diag,
+        row = {"round": t, "lr": self.lr(t), "attacked": int(draw.attacked), **diag,
                "byzantine_selected": sum(selected) / len(selected), **counts}
         self._time(t, time.perf_counter() - tic, reports)
         return row
@@ -442,7 +442,7 @@ class LeadServer:
 def lead_recorder(setup: Setup, out: Path) -> Recorder:
     """The recorder of the lead server: the simulator's files plus the fault columns."""
     return Recorder(out, setup.config, d=setup.flat.d, epoch=setup.sampler.epoch,
-                    lr=lambda t: lr_of(setup, t), round_columns=LeadServer.round_columns,
+                    lr=setup.step().lr_at, round_columns=LeadServer.round_columns,
                     metric_columns=LeadServer.metric_columns, totals=("faults",))
 
 

@@ -17,9 +17,9 @@ from byzsgd import aggregators, attacks, data, models
 from byzsgd.config import ConfigError, ExperimentConfig
 from byzsgd.engine.backdoor import BackdoorTask
 from byzsgd.engine.flatmodel import FlatModel
+from byzsgd.engine.round import Adversary, Step, Workers
 from byzsgd.engine.sampler import WorkerSampler
 from byzsgd.engine.server import Server
-from byzsgd.engine.sparse import SparseRows
 from byzsgd.metrics import backdoor_success, cross_entropy, topk_accuracy
 from byzsgd.seeding import generator_for
 from byzsgd.threat import ThreatModel
@@ -39,10 +39,25 @@ class Setup:
     backdoor: BackdoorTask | None
     #: A fixed sample of the training set on which the train loss is measured.
     train_probe: tuple[Tensor, Tensor] = field(repr=False)
-    #: The training images as sparse rows when they are mostly zero and the model is a dense
-    #: MLP whose hand-written backward computes its first layer from them (engine/sparse.py;
-    #: the minibatch inputs are then written by that product, not gathered), else None.
-    sparse_train: SparseRows | None = field(default=None, repr=False)
+
+    # -- the phases of a round (engine/round.py), each reading only what it needs ----------
+
+    def workers(self) -> Workers:
+        cfg = self.config
+        return Workers(n=cfg.workers, flat=self.flat, dataset=self.dataset,
+                       sampler=self.sampler, seed=cfg.seed, mode=cfg.mode,
+                       local_steps=cfg.local_steps, weight_decay=cfg.weight_decay)
+
+    def adversary(self) -> Adversary:
+        cfg = self.config
+        return Adversary(threat=self.threat, attack=self.attack, seed=cfg.seed, n=cfg.workers,
+                         f=cfg.byzantine, flat=self.flat, mode=cfg.mode,
+                         backdoor=self.backdoor)
+
+    def step(self) -> Step:
+        cfg = self.config
+        return Step(mode=cfg.mode, lr=cfg.lr, schedule=cfg.lr_schedule, fading=cfg.lr_fading,
+                    momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
     def evaluate(self, theta: Tensor) -> dict[str, float]:
         """The model theta on the test set (top-1, top-3, loss), its loss on the training
@@ -94,6 +109,8 @@ def build(config: ExperimentConfig) -> Setup:
     backdoor = None if cfg.backdoor == "none" else BackdoorTask(cfg.backdoor, dataset, cfg.seed)
     g = generator_for(cfg.seed, "probe")
     probe = torch.randperm(len(dataset.y_train), generator=g)[: cfg.eval_train_samples]
-    sparse = SparseRows.from_dense(dataset.x_train) if flat.method == "mlp" else None
+    # the model's gradients read the training inputs in the form it computes fastest from
+    # (sparse rows for a dense MLP on mostly-zero inputs: engine/sparse.py)
+    flat.use_training_inputs(dataset.x_train)
     return Setup(cfg, dataset, flat, sampler, server, threat, attack, backdoor,
-                 (dataset.x_train[probe], dataset.y_train[probe]), sparse)
+                 (dataset.x_train[probe], dataset.y_train[probe]))
