@@ -40,6 +40,7 @@ from torch import Tensor
 
 from . import attacks as _attacks
 from ._params import parse_params
+from .metrics import direction_diagnostics
 
 if TYPE_CHECKING:
     from .aggregators import BoundRule
@@ -194,16 +195,15 @@ def evaluate(rule: str | BoundRule, attack: str | _attacks.Attack, honest: Tenso
     result = bound.select(received)
     g = honest.detach().double().mean(dim=0)
     a = result.value.detach().double()
-    ip = float(a @ g)
-    a_norm, g_norm = float(a.norm()), float(g.norm())
-    ok = a_norm > 0 and g_norm > 0 and math.isfinite(a_norm) and math.isfinite(g_norm)
-    cosine = ip / (a_norm * g_norm) if ok else float("nan")
+    diag = direction_diagnostics(g, a)
+    ip = diag["inner_product"]
     selected = None if result.selected is None else [int(i) for i in result.selected]
     byz = set(byzantine_rows)
     return RoundReport(
         rule=bound.name, rule_f=bound.f, attack=atk.name, attack_params=atk.params, n=n, h=h,
-        f=f, dimensional=atk.dimensional, inner_product=ip, cosine=cosine,
-        distance=float((a - g).norm()), aggregate_norm=a_norm, mean_norm=g_norm,
+        f=f, dimensional=atk.dimensional, inner_product=ip, cosine=diag["cosine"],
+        distance=diag["distance"], aggregate_norm=diag["aggregate_norm"],
+        mean_norm=float(g.norm()),
         selected=selected,
         byzantine_selected=None if selected is None else [i for i in selected if i in byz],
         byzantine_rows=byzantine_rows, corrupted_values=corrupted_values,
