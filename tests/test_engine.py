@@ -10,6 +10,7 @@ import torch
 
 from byzsgd import aggregators
 from byzsgd.config import ConfigError, ExperimentConfig
+from byzsgd.engine.round import Step, Workspace, round_
 from byzsgd.engine.sampler import WorkerSampler
 from byzsgd.engine.server import Server, learning_rate
 from byzsgd.engine.simulator import Simulation, build
@@ -193,6 +194,22 @@ def test_server_momentum_and_weight_decay_match_torch_sgd():
     assert torch.allclose(theta, param.detach(), atol=1e-6)
 
 
+def test_the_rounds_step_is_the_servers_step():
+    """round_'s Step (theta and momentum buffer in, out) equals Server.step (its own buffer),
+    and in model-averaging mode the aggregate becomes theta."""
+    server = Server(aggregators.bind("mean", 0), 7, momentum=0.9, weight_decay=0.01)
+    step = Step(mode="gradient", lr=0.1, momentum=0.9, weight_decay=0.01)
+    theta = a = torch.randn(7)
+    buffer = None
+    for t in range(5):
+        g = torch.randn(7, generator=torch.Generator().manual_seed(t))
+        theta = server.step(theta, g, 0.1)
+        a, buffer = step(a, g, step.lr_at(t), buffer)
+        assert torch.equal(theta, a) and torch.equal(server.buffer, buffer)
+    averaged, kept = Step(mode="model-averaging", lr=0.1)(theta, a + 1, 0.1, None)
+    assert torch.equal(averaged, a + 1) and kept is None
+
+
 def test_sharded_servers_aggregate_each_shard_with_the_rule():
     x = torch.randn(9, 10)
     server = Server(aggregators.bind("krum", 2), 10, servers=2)
@@ -268,3 +285,22 @@ def test_mnist_first_layer_runs_on_the_non_zero_pixels(tmp_path):
         sparse.round(t)
         dense.round(t)
     torch.testing.assert_close(sparse.theta, dense.theta, rtol=1e-4, atol=1e-6)
+
+
+def test_a_round_depends_only_on_its_inputs():
+    """round_ from the same (t, theta, buffer) gives the same theta, buffer and record, in
+    any order of rounds (no hidden state), and leaves its inputs as they were."""
+    setup = build(cfg(aggregator="krum", attack="alie", momentum=0.9))
+    parts = dict(workers=setup.workers(), adversary=setup.adversary(), server=setup.server,
+                 step=setup.step(), workspace=Workspace(11, setup.flat.d))
+    theta0 = setup.flat.initial()
+    theta1, buffer1, _ = round_(0, theta0.clone(), None, **parts)
+    results = []
+    for _ in range(2):
+        theta, buffer = theta1.clone(), buffer1.clone()
+        results.append(round_(5, theta, buffer, **parts))
+        assert torch.equal(theta, theta1)  # theta_t is not changed in place
+        round_(9, theta1.clone(), buffer1.clone(), **parts)  # another round between
+    (ta, ba, ra), (tb, bb, rb) = results
+    assert torch.equal(ta, tb) and torch.equal(ba, bb) and ra == rb
+    assert not torch.equal(ta, theta1) and ra["round"] == 5 and ra["attacked"] == 1

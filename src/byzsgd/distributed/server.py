@@ -2,6 +2,8 @@
 
 One round t, on every server s (:meth:`ShardServer.round`):
 
+The steps are the phases of :func:`byzsgd.engine.round.round_`, around the network:
+
 1. send ``ROUND(t, theta[a_s:b_s])`` to every worker (a worker still busy with an earlier
    round, or dead, is skipped: absent);
 2. collect the workers' vectors (their shard) until all arrived or the deadline passed;
@@ -18,9 +20,9 @@ One round t, on every server s (:meth:`ShardServer.round`):
    diagnostics.
 
 Server 0, the *lead* (:class:`LeadServer`), also drives the others (``STEP t``), merges
-their reports, evaluates, checkpoints and writes the result files, with the simulator's own
-run loop (it subclasses :class:`~byzsgd.engine.simulator.Simulation`): metrics.csv,
-rounds.csv, summary.json, config.toml and checkpoint.pt as the simulator writes them (the
+their reports, evaluates, checkpoints and writes the result files, run by the simulator's
+own :class:`~byzsgd.engine.recorder.Recorder`: metrics.csv, rounds.csv, summary.json,
+config.toml and checkpoint.pt as the simulator writes them (the
 checkpoint holds the full theta and momentum buffer, so either backend resumes the other's
 run), plus fault columns, ``faults.csv`` and ``timings.csv``.
 """
