@@ -30,9 +30,8 @@ from byzsgd.distributed.faults import (
 from byzsgd.distributed.launch import torchrun_command
 from byzsgd.distributed.node import role
 from byzsgd.distributed.protocol import Kind, Message
-from byzsgd.distributed.server import _diagnostics
 from byzsgd.experiment import run
-from byzsgd.metrics import direction_diagnostics
+from byzsgd.metrics import diagnostics_from_sums, direction_diagnostics, direction_sums
 from byzsgd.results import load_checkpoint, read_csv, read_json
 
 FAST = dict(dataset="synthetic", model="logreg", workers=4, byzantine=1, rounds=8,
@@ -147,12 +146,12 @@ def test_fault_log_counts_and_flags_rounds_beyond_f(tmp_path):
 
 def test_sharded_diagnostics_equal_the_full_ones():
     g, a = torch.randn(10), torch.randn(10)
-    sums = torch.zeros(4, dtype=torch.float64)
-    for part in (slice(0, 4), slice(4, 10)):
-        gs, as_ = g[part].double(), a[part].double()
-        sums += torch.stack([gs @ as_, gs @ gs, as_ @ as_, (as_ - gs) @ (as_ - gs)])
+    sums = direction_sums(g[:4], a[:4]) + direction_sums(g[4:], a[4:])
     full = direction_diagnostics(g, a)
-    for key, value in _diagnostics(sums).items():
+    assert math.isclose(full["distance"], float((a.double() - g.double()).norm()),
+                        rel_tol=1e-12)
+    assert math.isclose(full["aggregate_norm"], float(a.double().norm()), rel_tol=1e-12)
+    for key, value in diagnostics_from_sums(sums).items():
         assert math.isclose(value, full[key], rel_tol=1e-9)
 
 

@@ -30,14 +30,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.backend == "distributed":
         from byzsgd.distributed.launch import run_from_args
 
-        return run_from_args(config, args)
+        code = run_from_args(config, args)
+        if code == 0 and _diverged(out):
+            return DIVERGED
+        return code
     summary = run(config, out, resume=args.resume, overwrite=args.overwrite,
                   quiet=args.quiet)
+    if summary["status"] == "diverged":
+        return DIVERGED
     if not args.quiet:
         print(f"final test accuracy {100 * summary['final_test_accuracy']:.2f}% "
               f"(best {100 * summary['best_test_accuracy']:.2f}%), "
               f"{summary['rounds_per_s'] or 0:.1f} rounds/s; results in {out}/")
     return 0
+
+
+#: ``byzsgd run``'s exit code when training diverged (status "diverged" in summary.json).
+DIVERGED = 3
+
+
+def _diverged(out: Path) -> bool:
+    from byzsgd.results import read_json
+
+    path = out / "summary.json"
+    return path.exists() and read_json(path).get("status") == "diverged"
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:

@@ -44,22 +44,20 @@ def run(config: ExperimentConfig, out: str | Path, *, resume: bool = False,
     """Run one experiment, writing its files under ``out``; returns the summary.
 
     A directory that already holds a run is never silently replaced: ``resume`` continues it
-    (same config only), ``overwrite`` starts it over; otherwise :class:`ConfigError`.
+    (same config only; a finished run is left as it is), ``overwrite`` starts it over;
+    otherwise :class:`ConfigError`. One run at a time per ``out``: a second one raises
+    :class:`~byzsgd.engine.recorder.RunLocked`. A run that diverges (non-finite loss or
+    parameters) stops with ``status == "diverged"`` in the summary.
     """
-    from byzsgd.engine.simulator import Simulation, build
+    from byzsgd.engine.recorder import check_out
+    from byzsgd.engine.setup import build
+    from byzsgd.engine.simulator import Simulation
 
     out = Path(out)
-    if not (resume or overwrite) and holds_run(out):
-        raise ConfigError(f"{out} already holds a run: pass --resume to continue it, "
-                          f"--overwrite to start it over, or choose another --out")
+    check_out(out, resume=resume, overwrite=overwrite)
     setup = build(config)
     progress = None if quiet else Progress(config.rounds, label)
-    return Simulation(setup, out).run(resume=resume, progress=progress)
-
-
-def holds_run(out: Path) -> bool:
-    """Whether ``out`` holds (part of) a run's results."""
-    return any((out / name).exists() for name in ("metrics.csv", "checkpoint.pt"))
+    return Simulation(setup, out).run(resume=resume, overwrite=overwrite, progress=progress)
 
 
 # -- grids: the one runner of ``byzsgd sweep`` and ``byzsgd reproduce`` -------------------------

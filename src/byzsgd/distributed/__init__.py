@@ -3,7 +3,7 @@
 ``byzsgd run --backend distributed`` (or ``torchrun ... -m byzsgd.distributed.node``) runs
 S parameter-server processes (ranks 0..S-1, each owning a contiguous shard of the
 parameters, Generalized Byzantine-tolerant SGD 5.5) and n worker processes (ranks S..S+n-1)
-over gloo (CPU). Every process builds the same :class:`~byzsgd.engine.simulator.Setup` from
+over gloo (CPU). Every process builds the same :class:`~byzsgd.engine.setup.Setup` from
 the same config, so data partition, model initialization and every random draw of round t
 agree with the single-process simulator; the servers run the same rule, server step and
 metrics, and server 0 writes the same result files.

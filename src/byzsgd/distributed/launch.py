@@ -59,11 +59,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def node_args(args: argparse.Namespace) -> list[str]:
-    """The node flags that follow from ``byzsgd run`` flags (time limits, resume, quiet)."""
+    """The node flags that follow from ``byzsgd run`` flags (time limits, resume, overwrite,
+    quiet)."""
     out = ["--deadline", str(args.deadline), "--connect-timeout", str(args.connect_timeout),
            "--idle-timeout", str(args.idle_timeout)]
     if getattr(args, "resume", False):
         out.append("--resume")
+    if getattr(args, "overwrite", False):
+        out.append("--overwrite")
     if getattr(args, "quiet", False):
         out.append("--quiet")
     return out
@@ -76,6 +79,11 @@ def run_from_args(config: ExperimentConfig, args: argparse.Namespace) -> int:
     if launcher == "local":
         if args.nnodes > 1:
             raise ConfigError("--nnodes > 1 needs --launcher torchrun")
+        from byzsgd.engine.recorder import check_out
+
+        # the simulator's rule, before any process starts (the lead server checks again)
+        check_out(Path(args.out), resume=getattr(args, "resume", False),
+                  overwrite=getattr(args, "overwrite", False))
         code = launch_local(config, args.out, node_args(args), master_addr=args.master_addr,
                             master_port=args.master_port)
         if code == 0 and not args.quiet:

@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="results directory (server 0)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its last checkpoint")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over a run that --out already holds")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     parser.add_argument("--supervise", action=argparse.BooleanOptionalAction, default=None,
                         help="run a worker under a supervisor that exits 0 (default: under "
@@ -89,11 +91,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         stream=sys.stderr,
                         format=f"%(asctime)s [{kind} {index}] %(levelname)s %(message)s")
+    from byzsgd.engine.recorder import RunLocked
+    from byzsgd.results import CheckpointError
+
     code = 1
     try:
         code = _run(args, config.validate(), kind, index, rank, world)
     except ConfigError as e:
         print(f"byzsgd node: invalid configuration: {e}", file=sys.stderr)
+        code = 2
+    except (RunLocked, CheckpointError) as e:
+        print(f"byzsgd node: {e}", file=sys.stderr)
         code = 2
     except Exception:
         log.exception("%s %d failed", kind, index)
@@ -120,13 +128,14 @@ def _run(args: argparse.Namespace, config: ExperimentConfig, kind: str, index: i
 
     from byzsgd._memory import keep_freed_memory
     from byzsgd.distributed.protocol import Options
-    from byzsgd.engine.simulator import build
+    from byzsgd.engine.setup import build
 
     keep_freed_memory()
     if os.environ.get(THREADS):
         torch.set_num_threads(int(os.environ[THREADS]))
     opts = Options(deadline=args.deadline, connect=args.connect_timeout,
                    idle=args.idle_timeout)
+    from byzsgd.distributed.server import LeadServer, lead_recorder, serve
     from byzsgd.distributed.worker import Worker
 
     # set up before joining: every process is ready when the group is up
@@ -134,6 +143,10 @@ def _run(args: argparse.Namespace, config: ExperimentConfig, kind: str, index: i
     worker = Worker(setup, index, opts) if kind == "worker" else None
     if worker is not None:
         worker.warm_up()
+    recorder = None
+    if kind == "server" and index == 0:  # the lock and the overwrite rule, before joining
+        recorder = lead_recorder(setup, Path(args.out))
+        recorder.acquire(resume=args.resume, overwrite=args.overwrite)
     dist.init_process_group("gloo", init_method="env://", rank=rank, world_size=world,
                             timeout=opts.timedelta("connect"))
     log.info("joined as rank %d of %d (d=%d)", rank, world, setup.flat.d)
@@ -143,14 +156,14 @@ def _run(args: argparse.Namespace, config: ExperimentConfig, kind: str, index: i
         except RuntimeError as e:
             log.error("lost contact with a server: %s", str(e).splitlines()[0])
             return 3
-    from byzsgd.distributed.server import LeadServer, serve
-
-    if index > 0:
+    if recorder is None:
         return serve(setup, index, opts)
     from byzsgd.progress import Progress
 
     progress = None if args.quiet else Progress(config.rounds, "distributed ")
-    LeadServer(setup, Path(args.out), opts).run(resume=args.resume, progress=progress)
+    # a run that diverged ends normally, with status "diverged" in summary.json
+    LeadServer(setup, Path(args.out), opts, recorder).run(
+        resume=args.resume, overwrite=args.overwrite, progress=progress)
     return 0
 
 

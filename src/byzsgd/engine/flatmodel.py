@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from byzsgd.engine.mlpgrad import DenseMLPGradients, InputProduct, dense_relu_widths
+from byzsgd.engine.sparse import SparseRows
 
 #: How the n workers' gradients are computed (see :class:`FlatModel`).
 METHODS = ("mlp", "vmap", "loop")
@@ -44,6 +47,10 @@ class FlatModel:
         self._worker_grad = vmap(grad(self.loss), in_dims=(None, 0, 0), randomness="different")
         self._local_grad = vmap(grad(self.loss), in_dims=(0, 0, 0), randomness="different")
         self._grad = grad(self.loss)
+        self.train_x: Tensor | None = None
+        #: The training inputs as sparse rows, for the hand-written MLP backward's first
+        #: layer (:meth:`use_training_inputs`), else None.
+        self.sparse_inputs: SparseRows | None = None
 
     def initial(self) -> Tensor:
         """The module's current parameters as a flat vector (a copy)."""
@@ -73,6 +80,36 @@ class FlatModel:
             return self._mlp(theta, x, y, out, input_product)
         grads = self._gradients(theta, x, y, self._worker_grad)
         return grads if out is None else out.copy_(grads)
+
+    def use_training_inputs(self, x: Tensor, *, sparse: bool = True) -> None:
+        """Keep the training set's inputs x (N, ...) for :meth:`sample_gradients`, encoded
+        once: as compressed sparse rows when they are mostly zero and the model is a dense
+        MLP whose hand-written backward computes its first layer from them
+        (:mod:`byzsgd.engine.sparse`; ``sparse=False`` keeps them dense)."""
+        self.train_x = x
+        self.sparse_inputs = SparseRows.from_dense(x) if sparse and self.method == "mlp" \
+            else None
+
+    def inputs(self, samples: Tensor) -> Tensor:
+        """The training inputs of the sample indices ``samples`` (k, b): (k, b, ...)."""
+        x = self.train_x
+        assert x is not None, "use_training_inputs first"
+        # index_select on the flat view: ~3x faster than advanced indexing of (N, C, H, W)
+        rows = x.view(x.shape[0], -1).index_select(0, samples.reshape(-1))
+        return rows.view(*samples.shape, *x.shape[1:])
+
+    def sample_gradients(self, theta: Tensor, samples: Tensor, y: Tensor,
+                         out: Tensor | None = None) -> Tensor:
+        """:meth:`worker_gradients` on the training samples ``samples`` (k, b) with labels
+        ``y`` (k, b). With sparse inputs the first layer is computed from their non-zero
+        values, which also write the dense inputs that the backward pass reads."""
+        sparse, x = self.sparse_inputs, self.train_x
+        if sparse is None or x is None:
+            return self.worker_gradients(theta, self.inputs(samples), y, out)
+        dense = torch.empty((samples.numel(), *x.shape[1:]), dtype=x.dtype)
+        dense = dense.view(*samples.shape, *x.shape[1:])
+        return self.worker_gradients(theta, dense, y, out,
+                                     functools.partial(sparse.linear, samples, dense=dense))
 
     def local_gradients(self, thetas: Tensor, x: Tensor, y: Tensor) -> Tensor:
         """Gradients (n, d) of n workers each at its own parameters ``thetas`` (n, d)."""

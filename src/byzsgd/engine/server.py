@@ -24,6 +24,21 @@ def learning_rate(lr: float, schedule: str, t: int, fading: float) -> float:
     raise ValueError(f"unknown learning-rate schedule {schedule!r}; use constant or fading")
 
 
+def sgd_step(theta: Tensor, direction: Tensor, lr: float, buffer: Tensor | None, *,
+             momentum: float = 0.0, weight_decay: float = 0.0) -> tuple[Tensor, Tensor | None]:
+    """``(theta - lr * v, buffer)`` where v is ``direction + weight_decay * theta`` passed
+    through heavy-ball momentum (torch.optim.SGD's convention, no dampening); the momentum
+    ``buffer`` (None before the first step or without momentum) is updated in place."""
+    g = direction + weight_decay * theta if weight_decay else direction
+    if momentum:
+        if buffer is None:
+            buffer = g.clone()
+        else:
+            buffer.mul_(momentum).add_(g)
+        g = buffer
+    return theta - lr * g, buffer
+
+
 @dataclass
 class Aggregate:
     """What the server made of one round's vectors."""
@@ -72,16 +87,10 @@ class Server:
         return Aggregate(value, selected)
 
     def step(self, theta: Tensor, direction: Tensor, lr: float) -> Tensor:
-        """``theta - lr * v`` where v is ``direction + weight_decay * theta`` passed through
-        heavy-ball momentum (torch.optim.SGD's convention, no dampening)."""
-        g = direction + self.weight_decay * theta if self.weight_decay else direction
-        if self.momentum:
-            if self.buffer is None:
-                self.buffer = g.clone()
-            else:
-                self.buffer.mul_(self.momentum).add_(g)
-            g = self.buffer
-        return theta - lr * g
+        """:func:`sgd_step` with this server's momentum buffer."""
+        theta, self.buffer = sgd_step(theta, direction, lr, self.buffer,
+                                      momentum=self.momentum, weight_decay=self.weight_decay)
+        return theta
 
     def state_dict(self) -> dict[str, Tensor | None]:
         return {"buffer": self.buffer}
