@@ -54,6 +54,7 @@ def run(config: ExperimentConfig, out: str | Path, *, resume: bool = False,
     from byzsgd.engine.simulator import Simulation
 
     out = Path(out)
+    config.validate()  # an invalid config fails before anything is written under ``out``
     check_out(out, resume=resume, overwrite=overwrite)
     setup = build(config)
     progress = None if quiet else Progress(config.rounds, label)
