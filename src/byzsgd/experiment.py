@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from byzsgd.config import ConfigError, ExperimentConfig
+from byzsgd.config import ExperimentConfig
+from byzsgd.engine.recorder import holds_run
 from byzsgd.grid import (
     PARAM_AXES,
     Point,
@@ -45,8 +46,8 @@ def run(config: ExperimentConfig, out: str | Path, *, resume: bool = False,
 
     A directory that already holds a run is never silently replaced: ``resume`` continues it
     (same config only; a finished run is left as it is), ``overwrite`` starts it over;
-    otherwise :class:`ConfigError`. One run at a time per ``out``: a second one raises
-    :class:`~byzsgd.engine.recorder.RunLocked`. A run that diverges (non-finite loss or
+    otherwise :class:`~byzsgd.config.ConfigError`. One run at a time per ``out``: a second
+    one raises :class:`~byzsgd.engine.recorder.RunLocked`. A run that diverges (non-finite loss or
     parameters) stops with ``status == "diverged"`` in the summary.
     """
     from byzsgd.engine.recorder import check_out
