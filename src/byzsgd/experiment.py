@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from byzsgd.config import ConfigError, ExperimentConfig
+from byzsgd.config import ExperimentConfig
 from byzsgd.grid import (
     PARAM_AXES,
     Point,
@@ -32,7 +32,7 @@ from byzsgd.progress import Progress
 from byzsgd.results import write_json
 
 #: The grid names this module has always offered (they live in :mod:`byzsgd.grid`).
-__all__ = ["PARAM_AXES", "SWEEP_TABLE", "Sweep", "config_value", "format_table", "holds_run",
+__all__ = ["PARAM_AXES", "SWEEP_TABLE", "Sweep", "config_value", "format_table",
            "is_complete", "path_token", "read_toml", "run", "run_job", "run_points",
            "run_sweep", "summarize", "write_table"]
 
@@ -54,6 +54,7 @@ def run(config: ExperimentConfig, out: str | Path, *, resume: bool = False,
     from byzsgd.engine.simulator import Simulation
 
     out = Path(out)
+    config.validate()  # an invalid config writes nothing, not even the lock of ``out``
     check_out(out, resume=resume, overwrite=overwrite)
     setup = build(config)
     progress = None if quiet else Progress(config.rounds, label)
