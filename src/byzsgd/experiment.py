@@ -33,7 +33,7 @@ from byzsgd.progress import Progress
 from byzsgd.results import write_json
 
 #: The grid names this module has always offered (they live in :mod:`byzsgd.grid`).
-__all__ = ["PARAM_AXES", "SWEEP_TABLE", "Sweep", "config_value", "format_table", "holds_run",
+__all__ = ["PARAM_AXES", "SWEEP_TABLE", "Sweep", "config_value", "format_table",
            "is_complete", "path_token", "read_toml", "run", "run_job", "run_points",
            "run_sweep", "summarize", "write_table"]
 
