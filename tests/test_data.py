@@ -546,7 +546,7 @@ def test_synthetic_is_learnable() -> None:
 
 
 def test_names_describe_and_unknown_name() -> None:
-    assert data.names() == ["mnist", "fashion-mnist", "cifar10", "mnist-5k", "synthetic"]
+    assert {"mnist", "fashion-mnist", "cifar10", "mnist-5k", "synthetic"} <= set(data.names())
     for name in data.names():
         assert data.describe(name) and "\n" not in data.describe(name)
     with pytest.raises(ValueError, match=r"unknown data set 'imagenet'.*mnist-5k"):
