@@ -109,7 +109,8 @@ def load(name: str, data_dir: PathLike = None, download: bool = True) -> Dataset
     try:
         dataset = s.loader(data_dir, download)
     except ValueError as e:
-        if repr(name) in str(e) or str(e).startswith(f"{name}:"):
+        # Name the data set in a plain ValueError that does not (subclasses keep their type)
+        if type(e) is not ValueError or repr(name) in str(e) or str(e).startswith(f"{name}:"):
             raise
         raise ValueError(f"data set {name!r} ({s.origin}): {e}") from None
     if not isinstance(dataset, Dataset):
