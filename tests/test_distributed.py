@@ -266,3 +266,17 @@ def test_under_torchrun_a_dead_worker_does_not_tear_the_run_down(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert read_json(out / "summary.json")["status"] == "complete"
     assert all(faults_of(out)[(t, 1)] == "absent" for t in range(2, 6))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_batchnorm_model_runs_distributed_with_the_simulators_numbers(tmp_path):
+    """ResNet-20 (BatchNorm): each worker process normalizes with its own batch, the lead
+    server recomputes the running statistics from theta, as the simulator does."""
+    config = cfg(model="resnet20", workers=3, byzantine=1, aggregator="median",
+                 attack="sign-flip", rounds=2, eval_every=2, batch_size=4, lr=0.05,
+                 eval_train_samples=64)
+    run(config, tmp_path / "sim")
+    result = distributed(config, tmp_path / "dist", timeout=280)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_numbers(tmp_path / "sim", tmp_path / "dist")

@@ -16,7 +16,7 @@ from torch import Tensor
 from byzsgd import aggregators, attacks, data, models
 from byzsgd.config import ConfigError, ExperimentConfig
 from byzsgd.engine.backdoor import BackdoorTask
-from byzsgd.engine.flatmodel import FlatModel
+from byzsgd.engine.flatmodel import CALIBRATION_SAMPLES, FlatModel
 from byzsgd.engine.round import Adversary, Step, Workers
 from byzsgd.engine.sampler import WorkerSampler
 from byzsgd.engine.server import Server
@@ -112,5 +112,7 @@ def build(config: ExperimentConfig) -> Setup:
     # the model's gradients read the training inputs in the form it computes fastest from
     # (sparse rows for a dense MLP on mostly-zero inputs: engine/sparse.py)
     flat.use_training_inputs(dataset.x_train)
+    probe_x = dataset.x_train[probe]
+    flat.calibration = probe_x[:CALIBRATION_SAMPLES]  # the server's BatchNorm statistics
     return Setup(cfg, dataset, flat, sampler, server, threat, attack, backdoor,
-                 (dataset.x_train[probe], dataset.y_train[probe]))
+                 (probe_x, dataset.y_train[probe]))
