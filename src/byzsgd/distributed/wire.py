@@ -143,7 +143,8 @@ def _why(error: OSError) -> str:
 
 
 def _configure(sock: socket.socket, timeout: float | None) -> None:
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.settimeout(timeout)
 
 
