@@ -162,11 +162,12 @@ class WorkerLink:
 
 def accept_workers(server: int, workers: int, events: queue.Queue[Event], capacity: int,
                    connect: float) -> list[WorkerLink]:
-    """Server ``server``'s links to the ``workers`` workers: listen on ``MASTER_ADDR``, say
-    where in the rendezvous store, and wait up to ``connect`` s until every worker connected
-    or was refused (the listener keeps accepting latecomers for the whole run)."""
+    """Server ``server``'s links to the ``workers`` workers: listen on
+    :func:`~.rendezvous.listen_host` (``MASTER_ADDR``), say where in the rendezvous store,
+    and wait up to ``connect`` s until every worker connected or was refused (the listener
+    keeps accepting latecomers for the whole run)."""
     links = [WorkerLink(w, events, capacity) for w in range(workers)]
-    listener = wire.Listener(rendezvous.master()[0], workers, wire.secret(),
+    listener = wire.Listener(rendezvous.listen_host(), workers, wire.secret(),
                              lambda w, sock: links[w].attach(sock))
     rendezvous.publish(rendezvous.current(), server, listener.address)
     missing = listener.wait(connect)

@@ -31,6 +31,13 @@ def master() -> tuple[str, int]:
                                                                            "29500"))
 
 
+def listen_host() -> str:
+    """Where a server listens for its workers: ``$BYZSGD_HOST`` if set (on several machines,
+    when ``MASTER_ADDR`` is not an address the workers reach the servers at), else
+    ``MASTER_ADDR``."""
+    return os.environ.get("BYZSGD_HOST") or master()[0]
+
+
 def open_store(rank: int, timeout: dt.timedelta) -> dist.Store:
     """This process's handle on the run's store: the store itself on rank 0 (bound to
     ``MASTER_ADDR`` only), a client elsewhere and under torchrun's agent store."""
