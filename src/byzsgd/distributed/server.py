@@ -115,8 +115,8 @@ class ShardServer:
         self.events: queue.Queue[Event] = queue.Queue()
         self.links = accept_workers(index, cfg.workers, self.events,
                                     capacity=2 * 4 * self.width + 4096, connect=opts.connect)
-        #: Workers that answered the last round: they took its messages (even if gloo has
-        #: not told the sending thread yet), so the next round is queued for them.
+        #: Workers that answered the last round: they took its messages (even if the sending
+        #: thread has not finished yet), so the next round is queued for them.
         self.answered: set[int] = set()
         self._matrix = torch.empty(cfg.workers, self.width)  # the received rows, reused
 
