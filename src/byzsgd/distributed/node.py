@@ -5,9 +5,9 @@ torchrun (or ``byzsgd run --backend distributed``) starts S + n copies of::
     python -m byzsgd.distributed.node --config exp.toml --out runs/x [config flags]
 
 ranks 0..S-1 become the parameter servers (0 the lead, which writes the results), ranks
-S..S+n-1 the workers. The rendezvous is torch.distributed's ``env://``: ``MASTER_ADDR``,
-``MASTER_PORT``, ``RANK`` and ``WORLD_SIZE``, which torchrun sets (WORLD_SIZE must be
-S + n).
+S..S+n-1 the workers. The rendezvous (:mod:`.rendezvous`) reads torch.distributed's
+``env://`` variables: ``MASTER_ADDR``, ``MASTER_PORT``, ``RANK`` and ``WORLD_SIZE``, which
+torchrun sets (WORLD_SIZE must be S + n).
 
 Under torchrun a worker runs as the child of a small supervisor process that exits 0 however
 its child ends: torchrun tears down every local process when one of them fails, and a dead
@@ -124,9 +124,9 @@ def _config(args: argparse.Namespace) -> ExperimentConfig:
 def _run(args: argparse.Namespace, config: ExperimentConfig, kind: str, index: int, rank: int,
          world: int) -> int:
     import torch
-    import torch.distributed as dist
 
     from byzsgd._memory import keep_freed_memory
+    from byzsgd.distributed import rendezvous
     from byzsgd.distributed.protocol import Options
     from byzsgd.engine.setup import build
 
@@ -147,15 +147,17 @@ def _run(args: argparse.Namespace, config: ExperimentConfig, kind: str, index: i
     if kind == "server" and index == 0:  # the lock and the overwrite rule, before joining
         recorder = lead_recorder(setup, Path(args.out))
         recorder.acquire(resume=args.resume, overwrite=args.overwrite)
-    dist.init_process_group("gloo", init_method="env://", rank=rank, world_size=world,
-                            timeout=opts.timedelta("connect"))
-    log.info("joined as rank %d of %d (d=%d)", rank, world, setup.flat.d)
+    store = rendezvous.open_store(rank, opts.timedelta("connect"))
     if worker is not None:
         try:
+            worker.connect(store)
+            log.info("joined as rank %d of %d (d=%d)", rank, world, setup.flat.d)
             return worker.run()
         except RuntimeError as e:
             log.error("lost contact with a server: %s", str(e).splitlines()[0])
             return 3
+    rendezvous.join_servers(store, index, config.servers, opts.timedelta("connect"))
+    log.info("joined as rank %d of %d (d=%d)", rank, world, setup.flat.d)
     if recorder is None:
         return serve(setup, index, opts)
     from byzsgd.progress import Progress

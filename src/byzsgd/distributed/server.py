@@ -51,7 +51,7 @@ from byzsgd.distributed.faults import (
     FaultPlan,
     validate,
 )
-from byzsgd.distributed.links import Event, WorkerLink
+from byzsgd.distributed.links import Event, accept_workers
 from byzsgd.distributed.protocol import Channel, Kind, Message, Options
 from byzsgd.engine.recorder import METRIC_COLUMNS, ROUND_COLUMNS, Recorder
 from byzsgd.engine.round import Draw, diagnostic_sums
@@ -113,11 +113,10 @@ class ShardServer:
         self.buffer: Tensor | None = None  # this shard of the momentum buffer
         self.theta = setup.flat.initial()[self.a:self.b].clone()
         self.events: queue.Queue[Event] = queue.Queue()
-        capacity = 2 * 4 * self.width + 4096
-        self.links = [WorkerLink(w, cfg.servers + w, self.events, capacity)
-                      for w in range(cfg.workers)]
-        #: Workers that answered the last round: they took its messages (even if gloo has
-        #: not told the sending thread yet), so the next round is queued for them.
+        self.links = accept_workers(index, cfg.workers, self.events,
+                                    capacity=2 * 4 * self.width + 4096, connect=opts.connect)
+        #: Workers that answered the last round: they took its messages (even if the sending
+        #: thread has not finished yet), so the next round is queued for them.
         self.answered: set[int] = set()
         self._matrix = torch.empty(cfg.workers, self.width)  # the received rows, reused
 

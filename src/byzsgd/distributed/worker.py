@@ -9,21 +9,24 @@ shard. A worker knows by itself whether it is Byzantine in round t (the same
 attack with the round's generator as the simulator does, and sends its own Byzantine row
 (all Byzantine workers compute the same f rows: they collude; each sends its own).
 
-Messages from a server come in order; a worker that fell behind (it hung) takes the newest
-round and drops what is stale.
+Messages travel over one connection per server (:mod:`.wire`), opened by :meth:`Worker.connect`
+(a worker is not a member of the servers' gloo group). Messages from a server come in order; a
+worker that fell behind (it hung) takes the newest round and drops what is stale.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import time
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
-from byzsgd.distributed import protocol
+from byzsgd.distributed import rendezvous, wire
 from byzsgd.distributed.faults import FaultPlan, garble
-from byzsgd.distributed.protocol import ABSTAIN, Channel, Kind, Message, Options
+from byzsgd.distributed.protocol import ABSTAIN, Kind, Message, Options
 from byzsgd.engine.round import Draw
 from byzsgd.engine.setup import Setup
 
@@ -45,6 +48,7 @@ class Worker:
         self.timeout = opts.timedelta("idle")
         self.plan = FaultPlan("worker", index)
         self._pushed: list[Message | None] = [None] * self.cfg.servers
+        self._channels: list[socket.socket] = []  # to each server (connect)
 
     def warm_up(self) -> None:
         """Compute one vector before joining (first calls compile and allocate), so that the
@@ -139,15 +143,26 @@ class Worker:
                 shards = [m.parts[0].reshape(-1) for m in got]  # type: ignore[union-attr]
                 return target, shards[0] if len(shards) == 1 else torch.cat(shards)
 
+    def connect(self, store: dist.Store) -> None:
+        """Open this worker's connection to every server (:mod:`.wire`; the store says where
+        they listen); :class:`~.wire.ChannelError` if a server refuses it."""
+        timeout = self.timeout.total_seconds()
+        self._channels = [wire.connect(*rendezvous.lookup(store, server), self.index,
+                                       wire.secret(), timeout) for server in self.servers]
+
     def _take(self, server: int) -> Message:
         msg = self._pushed[server]
         if msg is not None:
             self._pushed[server] = None
             return msg
-        return protocol.recv(server, Channel.TO_WORKER, self.timeout)
+        return wire.read(self._channels[server])  # a server is trusted: no size limit
 
-    def _send(self, msg: Message, server: int) -> None:
-        protocol.send(msg, server, Channel.TO_SERVER, self.timeout)
+    def _send(self, msg: Message | bytes, server: int) -> None:
+        """Send ``msg`` to ``server``; raw bytes only from fault injection."""
+        if isinstance(msg, bytes):
+            wire.write_raw(self._channels[server], msg)
+        else:
+            wire.write(self._channels[server], msg)
 
 
 def _own(know: Message) -> list[int]:
