@@ -97,13 +97,19 @@ def describe(stages: tuple[Stage, ...]) -> str:
 class Chain:
     """A rule bound to f and parameters, with pre-aggregators before it and its state."""
 
-    name: str
+    #: The registered rule (``aggregators.RuleSpec``: ``select``, ``check``, ``selects_rows``,
+    #: ``selection``), passed in by ``aggregators.bind``.
+    rule: Any
     f: int
     params: dict[str, object]
     pre: tuple[Stage, ...] = ()
     #: Seeds the per-round generators of the random stages (the run's seed).
     round_seed: int = 0
     state: dict[str, Any] = field(default_factory=lambda: {"round": 0, "center": None})
+
+    @property
+    def name(self) -> str:
+        return str(self.rule.name)
 
     def __post_init__(self) -> None:
         reserved = {STATEFUL.get(self.name), "generator" if self.name in RANDOM else None}
@@ -128,8 +134,6 @@ class Chain:
         ``columns``: which coordinates of the full vector these are (a server shard), so a
         stateful rule reads the matching part of its state. ``generator``: draw the random
         stages from it instead of the round's own generators."""
-        from . import aggregate  # the registry (imports this module)
-
         x = gradients
         rows: Tensor | None = torch.arange(gradients.shape[0])
         for k, (name, params) in enumerate(self.pre):
@@ -144,7 +148,7 @@ class Chain:
             params[STATEFUL[self.name]] = center if columns is None else center[columns]
         if self.name in RANDOM:
             params["generator"] = generator or self.generator(len(self.pre))
-        result = aggregate(self.name, x, self.f, **params)
+        result = self.rule.select(x, self.f, **params)
         selected = result.selected
         if selected is not None and rows is not None:
             selected = torch.sort(rows[selected]).values
@@ -154,8 +158,7 @@ class Chain:
 
     @property
     def selects_rows(self) -> bool:
-        from . import spec
-        return spec(self.name).selects_rows and all(pre_spec(n).keeps_rows for n, _ in self.pre)
+        return bool(self.rule.selects_rows) and all(pre_spec(n).keeps_rows for n, _ in self.pre)
 
     @property
     def p(self) -> float:
@@ -165,8 +168,7 @@ class Chain:
     def selection(self, geo: Geometry) -> Tensor | None:
         """The rows the rule would select on an input of geometry ``geo``; None when the
         chain has pre-aggregators (they change the geometry) or the rule cannot tell."""
-        from . import spec
-        fn = spec(self.name).selection
+        fn = self.rule.selection
         if fn is None or self.pre:
             return None
         try:
@@ -177,19 +179,27 @@ class Chain:
     def check(self, n: int) -> None:
         """Validate the chain for n workers: each stage's precondition on the rows it
         receives, then the rule's on the rows the last stage returns."""
-        from . import check
         rows = n
         for name, params in self.pre:
             spec = pre_spec(name)
             spec.check(rows, self.f, **params)
             rows = spec.rows_out(rows, **params)
         try:
-            check(self.name, rows, self.f, **self.params)
+            self._check_rule(rows)
         except ValueError as e:
             if rows == n:
                 raise
             raise ValueError(f"after {describe(self.pre)} the rule sees n'={rows} rows of which"
                              f" up to f={self.f} may hold a Byzantine vector: {e}") from None
+
+    def _check_rule(self, n: int) -> None:
+        known = set(inspect.signature(self.rule.check).parameters) - {"n", "f"}
+        accepted = set(inspect.signature(self.rule.select).parameters) - {"gradients", "f"}
+        unknown = sorted(set(self.params) - accepted)
+        if unknown:
+            raise ValueError(f"{self.name}: unknown parameter(s) {', '.join(unknown)}; "
+                             f"{self.name} accepts: {', '.join(sorted(accepted)) or 'none'}")
+        self.rule.check(n, self.f, **{k: v for k, v in self.params.items() if k in known})
 
     # -- state ---------------------------------------------------------------------------------
 
