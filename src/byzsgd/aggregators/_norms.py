@@ -21,7 +21,7 @@ def row_norms(x: Tensor, center: Tensor | None = None) -> Tensor:
     n, d = x.shape
     total = torch.zeros(n, dtype=torch.float64)
     for a in range(0, d, CHUNK):
-        part = x[:, a:a + CHUNK].double()
+        part = x[:, a:a + CHUNK].to(torch.float64, copy=True)  # never a view of x
         if center is not None:
             part -= center[a:a + CHUNK].double()
         total += part.square_().sum(dim=1)
@@ -38,4 +38,7 @@ def scale_rows(x: Tensor, rows: Tensor, factors: Tensor) -> None:
         else:
             for a in range(0, x.shape[1], CHUNK):
                 part = x[r, a:a + CHUNK]
-                part.copy_(part.double().mul_(s))
+                if part.dtype == torch.float64:
+                    part.mul_(s)
+                else:
+                    part.copy_(part.double() * s)
