@@ -64,7 +64,7 @@ def ref_arc(x, f):
     return out
 
 
-# --- NNM ------------------------------------------------------------------------------------------
+# --- NNM --------------------------------------------------------------------------------------
 
 def test_nnm_worked_example():
     # n = 4, f = 1: each value -> mean of its 3 nearest (itself included)
@@ -108,7 +108,7 @@ def test_nnm_confines_hostile_rows(value):
     assert (value_after <= honest.max(0).values.float() + 1e-5).all()
 
 
-# --- bucketing ------------------------------------------------------------------------------------
+# --- bucketing --------------------------------------------------------------------------------
 
 def test_bucketing_worked_example():
     x = torch.tensor([[0.0], [2.0], [4.0], [6.0], [8.0]])
@@ -153,7 +153,7 @@ def test_bucketing_parameters():
         bucketing(torch.zeros(5, 2), 1, s=2.0)
 
 
-# --- clipping and ARC -------------------------------------------------------------------------------
+# --- clipping and ARC -------------------------------------------------------------------------
 
 def test_clipping_worked_example():
     x = torch.tensor([[3.0, 4.0], [0.3, 0.4]])
@@ -197,7 +197,7 @@ def test_clipping_rules_are_permutation_equivariant():
     torch.testing.assert_close(clipping(x[perm], c=1.0), clipping(x, c=1.0)[perm])
 
 
-# --- the chain ----------------------------------------------------------------------------------
+# --- the chain --------------------------------------------------------------------------------
 
 def test_chain_composes_the_stages_then_the_rule():
     x = torch.randn(25, 12, generator=gen(0))
