@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ._base import as_gradients, check_f, require
-from ._norms import row_norms, scale_rows
+from ._norms import row_norms, scaled_rows
 from .distances import geometry
 
 # --- nearest-neighbour mixing -----------------------------------------------------------------
@@ -103,22 +103,18 @@ def bucketing(gradients: Tensor, f: int, *, s: int = 2,
     ``1/s sum_{k=(i-1)s+1}^{min(n, is)}`` would shrink it; ByzFL averages it, as here).
 
     A bucket holding a non-finite vector is non-finite; no other bucket is touched (each
-    bucket is summed from its own rows only)."""
+    bucket is summed from its own rows only, each row scaled by 1/|bucket| first)."""
     x = as_gradients(gradients, "bucketing")
     n = x.shape[0]
     check_bucketing(n, f, s)
     groups = buckets(n, s, generator)
-    w = torch.zeros((len(groups), n), dtype=x.dtype)
+    out = torch.empty((len(groups), x.shape[1]), dtype=x.dtype)
     for b, rows in enumerate(groups):
-        w[b, rows] = 1.0 / rows.numel()
-    out = torch.mm(w, x)
-    if bool(torch.isfinite(out).all()):
-        return out
-    # some input row is non-finite: 0 * inf poisoned every bucket; sum each bucket alone
-    for b, rows in enumerate(groups):
-        out[b].zero_()
-        for r in rows.tolist():
-            out[b].add_(x[r], alpha=1.0 / rows.numel())
+        w = 1.0 / rows.numel()
+        first, *rest = rows.tolist()
+        torch.mul(x[first], w, out=out[b])
+        for r in rest:
+            out[b].add_(x[r], alpha=w)  # w * x_r before the sum: float32 max stays finite
     return out
 
 
@@ -135,12 +131,9 @@ def clip_to(x: Tensor, norms: Tensor, limit: Tensor) -> Tensor:
     norm ``limit``; a row of non-finite norm is clipped to 0 (its direction is undefined)."""
     limit = torch.as_tensor(limit, dtype=torch.float64).expand_as(norms)
     over = ~(norms <= limit)                   # NaN norms count as over
-    out = x.clone()
-    rows = torch.nonzero(over, as_tuple=True)[0]
-    factors = torch.where(torch.isfinite(norms[rows]), limit[rows] / norms[rows],
-                          torch.zeros((), dtype=torch.float64))
-    scale_rows(out, rows, factors)
-    return out
+    factors = torch.where(over, limit / norms, torch.ones_like(norms))
+    factors = torch.where(over & ~torch.isfinite(norms), torch.zeros_like(norms), factors)
+    return scaled_rows(x, factors)
 
 
 def clipping(gradients: Tensor, f: int = 0, *, c: float = 1.0) -> Tensor:
