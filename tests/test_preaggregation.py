@@ -11,8 +11,8 @@ import torch
 
 from byzsgd import aggregators as A
 from byzsgd.aggregators.preaggregation import arc, arc_count, bucketing, clipping, nnm
-from byzsgd.cli import parse_pre_aggregator
-from byzsgd.config import ConfigError, ExperimentConfig
+from byzsgd.cli import build_parser, config_overrides, parse_pre_aggregator
+from byzsgd.config import ConfigError, ExperimentConfig, to_toml
 
 F32MAX = torch.finfo(torch.float32).max
 HOSTILE = [float("nan"), float("inf"), -float("inf"), 1e20, F32MAX]
@@ -247,3 +247,13 @@ def test_config_and_cli_take_pre_aggregators():
     ExperimentConfig(**base, pre_aggregators=["nnm", "arc"]).validate()
     with pytest.raises(ConfigError, match="unknown pre-aggregator"):
         ExperimentConfig(**base, pre_aggregators=["bogus"]).validate()
+    args = build_parser().parse_args(["run", "--aggregator", "krum", "--pre-aggregator", "nnm",
+                                      "--pre-aggregator", "bucketing:s=2"])
+    assert config_overrides(args)["pre_aggregators"] == ["nnm", {"bucketing": {"s": 2}}]
+
+
+def test_pre_aggregators_survive_the_written_config(tmp_path):
+    cfg = ExperimentConfig(dataset="synthetic", model="logreg", workers=25, byzantine=5,
+                           aggregator="krum", pre_aggregators=["nnm", {"bucketing": {"s": 2}}])
+    (tmp_path / "c.toml").write_text(to_toml(cfg.to_dict()))
+    assert ExperimentConfig.from_toml(tmp_path / "c.toml") == cfg
