@@ -11,7 +11,7 @@ import torch
 
 from byzsgd import aggregators as A
 from byzsgd.aggregators.preaggregation import arc, bucketing, clipping, nnm
-from byzsgd.config import ExperimentConfig
+from byzsgd.config import ConfigError, ExperimentConfig
 from byzsgd.engine.server import Server
 from byzsgd.engine.simulator import Simulation, build
 from byzsgd.experiment import run
@@ -116,6 +116,10 @@ def test_centered_clipping_parameters_and_permutations():
         A.check("centered-clipping", 7, 4)
     with pytest.raises(ValueError, match="center is set by the bound rule"):
         A.bind("centered-clipping", 2, center=torch.zeros(5))
+    with pytest.raises(ConfigError, match=r"^aggregator: centered-clipping: center is set by"):
+        ExperimentConfig(dataset="synthetic", model="logreg", workers=7, byzantine=2,
+                         aggregator="centered-clipping",
+                         aggregator_params={"center": 0.0}).validate()
 
 
 def test_centered_clipping_state_is_the_previous_aggregate():

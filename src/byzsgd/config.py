@@ -216,12 +216,12 @@ class ExperimentConfig:
                               **self.aggregator_params)
         except (ValueError, TypeError) as e:
             raise ConfigError(f"aggregator: {e}") from None
-        if self.pre_aggregators:
-            try:
-                aggregators.bind(self.aggregator, self.rule_f, pre=self.pre_aggregators,
-                                 **self.aggregator_params).check(self.workers)
-            except (ValueError, TypeError) as e:
-                raise ConfigError(f"pre_aggregators: {e}") from None
+        try:  # the chain: pre-aggregators, and parameters a bound rule sets itself
+            aggregators.bind(self.aggregator, self.rule_f, pre=self.pre_aggregators,
+                             **self.aggregator_params).check(self.workers)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"pre_aggregators: {e}" if self.pre_aggregators
+                              else f"aggregator: {e}") from None
         if self.attack != "none":
             if self.attack not in attacks.names():
                 raise ConfigError(f"unknown attack {self.attack!r}; known: none, "

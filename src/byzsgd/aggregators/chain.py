@@ -93,7 +93,7 @@ def describe(stages: tuple[Stage, ...]) -> str:
                        for name, p in stages)
 
 
-@dataclass
+@dataclass(eq=False)
 class Chain:
     """A rule bound to f and parameters, with pre-aggregators before it and its state."""
 
