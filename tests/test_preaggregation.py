@@ -11,8 +11,9 @@ import torch
 
 from byzsgd import aggregators as A
 from byzsgd.aggregators.preaggregation import arc, arc_count, bucketing, clipping, nnm
-from byzsgd.cli import build_parser, config_overrides, parse_pre_aggregator
+from byzsgd.cli import build_parser
 from byzsgd.config import ConfigError, ExperimentConfig, to_toml
+from byzsgd.flags import config_overrides, parse_pre_aggregator
 
 F32MAX = torch.finfo(torch.float32).max
 HOSTILE = [float("nan"), float("inf"), -float("inf"), 1e20, F32MAX]

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from ._base import Aggregation, as_gradients, check_f, require
 from ._norms import row_norms
+from ._registry import register
 
 
 def check_centered_clipping(n: int, f: int, tau: float = 100.0, iters: int = 1) -> None:
@@ -29,6 +30,10 @@ def check_centered_clipping(n: int, f: int, tau: float = 100.0, iters: int = 1) 
         raise ValueError(f"centered-clipping needs iters >= 1 (an int), got iters={iters}")
 
 
+@register("centered-clipping",
+          summary="iterations v <- v + mean_i clip(x_i - v, tau) around the previous "
+                  "aggregate (Karimireddy et al. 2021; has state)",
+          requires=check_centered_clipping)
 def centered_clipping_select(gradients: Tensor, f: int, *, tau: float = 100.0, iters: int = 1,
                              center: Tensor | None = None) -> Aggregation:
     """Centered clipping (Karimireddy, He, Jaggi, ICML 2021, eq. (CC), Section 4):

@@ -42,8 +42,10 @@ from torch import Tensor
 from byzsgd.seeding import generator_for
 
 from ._base import Aggregation
+from ._registry import BoundRule
+from ._registry import bind as bind_rule
 from .distances import Geometry
-from .preaggregation import pre_spec
+from .preaggregation import PRE_AGGREGATORS, pre_spec
 
 #: Rules with state across rounds, and the keyword through which the chain feeds it.
 STATEFUL = {"centered-clipping": "center"}
@@ -148,7 +150,7 @@ class Chain:
             params[STATEFUL[self.name]] = center if columns is None else center[columns]
         if self.name in RANDOM:
             params["generator"] = generator or self.generator(len(self.pre))
-        result = self.rule.select(x, self.f, **params)
+        result = self.rule.run(x, self.f, params)
         selected = result.selected
         if selected is not None and rows is not None:
             selected = torch.sort(rows[selected]).values
@@ -193,13 +195,7 @@ class Chain:
                              f" up to f={self.f} may hold a Byzantine vector: {e}") from None
 
     def _check_rule(self, n: int) -> None:
-        known = set(inspect.signature(self.rule.check).parameters) - {"n", "f"}
-        accepted = set(inspect.signature(self.rule.select).parameters) - {"gradients", "f"}
-        unknown = sorted(set(self.params) - accepted)
-        if unknown:
-            raise ValueError(f"{self.name}: unknown parameter(s) {', '.join(unknown)}; "
-                             f"{self.name} accepts: {', '.join(sorted(accepted)) or 'none'}")
-        self.rule.check(n, self.f, **{k: v for k, v in self.params.items() if k in known})
+        self.rule.check(n, self.f, **self.params)
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -228,3 +224,21 @@ class Chain:
         chain = describe(self.pre) + " -> " if self.pre else ""
         params = ", ".join(f"{k}={v}" for k, v in self.params.items())
         return f"Chain({chain}{self.name}(f={self.f}{', ' + params if params else ''}))"
+
+
+def bind(rule: Any, f: int, *, pre: Iterable[PreSpecLike] | None = None, round_seed: int = 0,
+         **params: object) -> BoundRule | Chain:
+    """Fix a rule's ``f`` and parameters (``aggregators.bind``: a registered name or a
+    function), with pre-aggregators before it (``pre=["nnm", ("bucketing", {"s": 2})]``,
+    names of :func:`pre_aggregators`). A :class:`Chain` when there are pre-aggregators or the
+    rule has state or per-round randomness (centered-clipping, dnc), ``round_seed`` seeding
+    its per-round generators; otherwise the plain ``BoundRule``."""
+    bound = bind_rule(rule, f, **params)
+    stages = normalize_pre(pre)
+    chain = Chain(bound.spec, f, dict(params), stages, round_seed)
+    return chain if stages or chain.stateful else bound
+
+
+def pre_aggregators() -> list[str]:
+    """Registered pre-aggregator names."""
+    return list(PRE_AGGREGATORS)

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from ._base import Aggregation, as_gradients, check_f, require
+from ._registry import register
 from ._rows import row_finite
 
 
@@ -41,6 +42,10 @@ def check_dnc(n: int, f: int, niters: int = 1, c: float = 1.0, b: int = 10000,
             n, f, c=c)
 
 
+@register("dnc",
+          summary="drop the c*f largest scores along the top singular direction of "
+                  "subsampled coordinates (Shejwalkar & Houmansadr 2021, Alg. 2)",
+          selects_rows=True, requires=check_dnc)
 def dnc_select(gradients: Tensor, f: int, *, niters: int = 1, c: float = 1.0, b: int = 10000,
                seed: int = 0, generator: torch.Generator | None = None) -> Aggregation:
     """DnC (Shejwalkar & Houmansadr, NDSS 2021, Algorithm 2): ``niters`` times, sample

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from ._base import Aggregation, as_gradients, check_f, require
+from ._registry import register
 from .distances import geometry, rank_by_sum
 from .geomed import squared_distances_to_combination
 
@@ -27,6 +28,10 @@ def check_rfa(n: int, f: int, nu: float = 0.1, iters: int = 3, init: str = "medo
         raise ValueError(f"rfa: init must be one of {', '.join(INITS)}, got {init!r}")
 
 
+@register("rfa",
+          summary="smoothed Weiszfeld, T iterations "
+                  "(Pillutla et al. 2022, RFA)",
+          requires=check_rfa)
 def rfa_select(gradients: Tensor, f: int, *, nu: float = 0.1, iters: int = 3,
                init: str = "medoid") -> Aggregation:
     """Smoothed Weiszfeld (Pillutla et al., IEEE TSP 2022, Algorithm 2, equal weights
