@@ -11,9 +11,12 @@ feeds it in, stores each aggregate the server commits (``Chain.commit``) and car
 from __future__ import annotations
 
 import math
+from numbers import Integral, Real
 
 import torch
 from torch import Tensor
+
+from byzsgd.constraints import Interval
 
 from ._base import Aggregation, as_gradients, check_f, require
 from ._norms import row_norms
@@ -33,6 +36,9 @@ def check_centered_clipping(n: int, f: int, tau: float = 100.0, iters: int = 1) 
 @register("centered-clipping",
           summary="iterations v <- v + mean_i clip(x_i - v, tau) around the previous "
                   "aggregate (Karimireddy et al. 2021; has state)",
+          constraints={"tau": [Interval(Real, 0, math.inf, closed="neither")],
+                       "iters": [Interval(Integral, 1, None, closed="left")],
+                       "center": [Tensor, None]},
           requires=check_centered_clipping)
 def centered_clipping_select(gradients: Tensor, f: int, *, tau: float = 100.0, iters: int = 1,
                              center: Tensor | None = None) -> Aggregation:

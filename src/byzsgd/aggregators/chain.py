@@ -115,7 +115,7 @@ class Chain:
 
     def __post_init__(self) -> None:
         reserved = {STATEFUL.get(self.name), "generator" if self.name in RANDOM else None}
-        taken = sorted(k for k in self.params if k in reserved)
+        taken = sorted(k for k, v in self.params.items() if k in reserved and v is not None)
         if taken:
             raise ValueError(f"{self.name}: {', '.join(taken)} is set by the bound rule "
                              f"(its state or per-round randomness), not a parameter")

@@ -4,9 +4,12 @@ Model Poisoning Attacks and Defenses for Federated Learning", NDSS 2021, Algorit
 from __future__ import annotations
 
 import math
+from numbers import Integral, Real
 
 import torch
 from torch import Tensor
+
+from byzsgd.constraints import Interval
 
 from ._base import Aggregation, as_gradients, check_f, require
 from ._registry import register
@@ -45,7 +48,12 @@ def check_dnc(n: int, f: int, niters: int = 1, c: float = 1.0, b: int = 10000,
 @register("dnc",
           summary="drop the c*f largest scores along the top singular direction of "
                   "subsampled coordinates (Shejwalkar & Houmansadr 2021, Alg. 2)",
-          selects_rows=True, requires=check_dnc)
+          selects_rows=True, requires=check_dnc,
+          constraints={"niters": [Interval(Integral, 1, None, closed="left")],
+                       "c": [Interval(Real, 0, math.inf, closed="left")],
+                       "b": [Interval(Integral, 1, None, closed="left")],
+                       "seed": [Interval(Integral, 0, 2**63 - 1, closed="both")],
+                       "generator": [torch.Generator, None]})
 def dnc_select(gradients: Tensor, f: int, *, niters: int = 1, c: float = 1.0, b: int = 10000,
                seed: int = 0, generator: torch.Generator | None = None) -> Aggregation:
     """DnC (Shejwalkar & Houmansadr, NDSS 2021, Algorithm 2): ``niters`` times, sample

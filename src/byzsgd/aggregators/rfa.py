@@ -5,9 +5,12 @@ Algorithm 2)."""
 from __future__ import annotations
 
 import math
+from numbers import Integral, Real
 
 import torch
 from torch import Tensor
+
+from byzsgd.constraints import Interval, Options
 
 from ._base import Aggregation, as_gradients, check_f, require
 from ._registry import register
@@ -31,6 +34,9 @@ def check_rfa(n: int, f: int, nu: float = 0.1, iters: int = 3, init: str = "medo
 @register("rfa",
           summary="smoothed Weiszfeld, T iterations "
                   "(Pillutla et al. 2022, RFA)",
+          constraints={"nu": [Interval(Real, 0, math.inf, closed="neither")],
+                       "iters": [Interval(Integral, 1, None, closed="left")],
+                       "init": [Options(INITS)]},
           requires=check_rfa)
 def rfa_select(gradients: Tensor, f: int, *, nu: float = 0.1, iters: int = 3,
                init: str = "medoid") -> Aggregation:
