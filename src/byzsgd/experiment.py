@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from byzsgd.config import ExperimentConfig
+from byzsgd.config import ConfigError, ExperimentConfig
 from byzsgd.grid import (
     PARAM_AXES,
     Point,
