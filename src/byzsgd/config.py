@@ -77,7 +77,8 @@ NONEMPTY = Interval(1)  # on the string's length
 CONSTRAINTS: dict[str, Interval | Options | None] = {
     "dataset": NONEMPTY, "data_dir": NONEMPTY, "model": NONEMPTY, "inputs": Options(INPUTS),
     "workers": Interval(1), "byzantine": Interval(0), "declared_f": Interval(0),
-    "aggregator": NONEMPTY, "aggregator_params": None, "attack": NONEMPTY,
+    "aggregator": NONEMPTY, "aggregator_params": None, "pre_aggregators": None,
+    "attack": NONEMPTY,
     "attack_params": None, "selection": Options(SELECTIONS), "knowledge": Options(KNOWLEDGE),
     "attack_start": Interval(0), "attack_stop": Interval(0), "mode": Options(MODES),
     "local_steps": Interval(1), "servers": Interval(1), "rounds": Interval(1),
@@ -110,6 +111,10 @@ class ExperimentConfig:
     aggregator: str = _f("mean", "aggregation rule (see `byzsgd list`)")
     aggregator_params: dict[str, Any] = field(default_factory=dict,
                                               metadata={"help": "rule parameters"})
+    pre_aggregators: list[Any] = field(
+        default_factory=list, metadata={"help": "pre-aggregators applied before the rule, in "
+                                        "order: names or {name = {params}} tables (nnm, "
+                                        "bucketing, clipping, arc)"})
     attack: str = _f("none", "attack name, or none (see `byzsgd list`)")
     attack_params: dict[str, Any] = field(default_factory=dict,
                                           metadata={"help": "attack parameters"})
@@ -211,6 +216,12 @@ class ExperimentConfig:
                               **self.aggregator_params)
         except (ValueError, TypeError) as e:
             raise ConfigError(f"aggregator: {e}") from None
+        try:  # the chain: pre-aggregators, and parameters a bound rule sets itself
+            aggregators.bind(self.aggregator, self.rule_f, pre=self.pre_aggregators,
+                             **self.aggregator_params).check(self.workers)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"pre_aggregators: {e}" if self.pre_aggregators
+                              else f"aggregator: {e}") from None
         if self.attack != "none":
             if self.attack not in attacks.names():
                 raise ConfigError(f"unknown attack {self.attack!r}; known: none, "
@@ -357,6 +368,8 @@ def _toml_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     raise TypeError(f"cannot write {type(value).__name__} to TOML: {value!r}")

@@ -30,6 +30,10 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                            help=f.metadata.get("help"))
     group.add_argument("--aggregator-param", action="append", default=[], metavar="KEY=VALUE",
                        help="rule parameter, repeatable (e.g. --aggregator-param m=5)")
+    group.add_argument("--pre-aggregator", action="append", default=[],
+                       metavar="NAME[:K=V,...]", help="pre-aggregator before the rule, "
+                       "repeatable, in order (e.g. --pre-aggregator nnm --pre-aggregator "
+                       "bucketing:s=2)")
     group.add_argument("--attack-param", action="append", default=[], metavar="KEY=VALUE",
                        help="attack parameter, repeatable (e.g. --attack-param epsilon=0.1)")
 
@@ -44,7 +48,19 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
         values["aggregator_params"] = parse_params(args.aggregator_param)
     if getattr(args, "attack_param", None):
         values["attack_params"] = parse_params(args.attack_param)
+    if getattr(args, "pre_aggregator", None):
+        values["pre_aggregators"] = [parse_pre_aggregator(p) for p in args.pre_aggregator]
     return values
+
+
+def parse_pre_aggregator(text: str) -> str | dict[str, dict[str, object]]:
+    """``nnm`` -> ``"nnm"``; ``bucketing:s=2`` -> ``{"bucketing": {"s": 2}}``."""
+    from byzsgd._params import parse_params
+
+    name, sep, rest = text.partition(":")
+    if not sep:
+        return name.strip()
+    return {name.strip(): parse_params([p for p in rest.split(",") if p.strip()])}
 
 
 def resolve_config(args: argparse.Namespace) -> ExperimentConfig:

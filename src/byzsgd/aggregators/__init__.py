@@ -18,8 +18,11 @@ their input.
 A rule is one module of this package that registers itself with :func:`register`; the
 package imports every module at start-up, so there is no table to edit. A user's rule is
 registered the same way from the user's module (see the README, "Library"), or bound without
-registering (``bind(my_rule, f)``). :class:`Rule` is what the server and the adaptive attacks
-accept; :class:`BoundRule` the library's implementation of it.
+registering (``bind(my_rule, f)``). ``bind(rule, f, pre=["nnm", ("bucketing", {"s": 2})])``
+puts pre-aggregators (:mod:`.preaggregation`) before the rule and returns a :class:`Chain`
+(:mod:`.chain`), which also holds the state of rules that have one (centered clipping).
+:class:`Rule` is what the server and the adaptive attacks accept; :class:`BoundRule` the
+library's implementation of it.
 """
 
 from __future__ import annotations
@@ -35,18 +38,21 @@ from ._registry import (
     Rule,
     RuleSpec,
     aggregate,
-    bind,
     check,
     get,
     names,
     register,
     spec,
 )
+from .chain import Chain, bind, pre_aggregators
 from .distances import Geometry
+from .preaggregation import PRE_AGGREGATORS, pre_spec
 
 __all__ = [
+    "PRE_AGGREGATORS",
     "Aggregation",
     "BoundRule",
+    "Chain",
     "Geometry",
     "Rule",
     "RuleSpec",
@@ -55,6 +61,8 @@ __all__ = [
     "check",
     "get",
     "names",
+    "pre_aggregators",
+    "pre_spec",
     "register",
     "require",
     "spec",

@@ -92,7 +92,8 @@ def build(config: ExperimentConfig) -> Setup:
         sampler = WorkerSampler(shards, cfg.batch_size, cfg.seed)
     except ValueError as e:
         raise ConfigError(f"batch_size: {e}") from None
-    rule = aggregators.bind(cfg.aggregator, cfg.rule_f, **cfg.aggregator_params)
+    rule = aggregators.bind(cfg.aggregator, cfg.rule_f, pre=cfg.pre_aggregators,
+                            round_seed=cfg.seed, **cfg.aggregator_params)
     server = Server(rule, flat.d, servers=cfg.servers, momentum=cfg.momentum,
                     weight_decay=cfg.weight_decay)
     attack = None

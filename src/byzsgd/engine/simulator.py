@@ -59,13 +59,15 @@ class Simulation:
 
     def state(self) -> dict[str, Any]:
         """The training state a checkpoint holds (besides the loop's own counters)."""
-        return {"theta": self.theta, "server": {"buffer": self.buffer}}
+        return {"theta": self.theta,
+                "server": {"buffer": self.buffer, **self.s.server.rule_state()}}
 
     def begin(self, state: dict[str, Any] | None, start: int) -> None:
         """Before round ``start``: from the checkpoint's ``state`` when resuming."""
         if state is not None:
             self.theta = state["theta"]
             self.buffer = state["server"]["buffer"]
+            self.s.server.load_rule_state(state["server"])
 
     def report(self) -> dict[str, Any]:
         """Entries added to summary.json (none here)."""
