@@ -58,14 +58,22 @@ class Simulation:
     # -- what the recorder asks ------------------------------------------------------------
 
     def state(self) -> dict[str, Any]:
-        """The training state a checkpoint holds (besides the loop's own counters)."""
-        return {"theta": self.theta, "server": {"buffer": self.buffer}}
+        """The training state a checkpoint holds (besides the loop's own counters), with the
+        attack's state across rounds when it has one (mimic)."""
+        state = {"theta": self.theta, "server": {"buffer": self.buffer}}
+        attack = self.adversary.attack
+        if hasattr(attack, "state_dict"):
+            state["attack"] = attack.state_dict()
+        return state
 
     def begin(self, state: dict[str, Any] | None, start: int) -> None:
         """Before round ``start``: from the checkpoint's ``state`` when resuming."""
         if state is not None:
             self.theta = state["theta"]
             self.buffer = state["server"]["buffer"]
+            attack = self.adversary.attack
+            if "attack" in state and hasattr(attack, "load_state_dict"):
+                attack.load_state_dict(state["attack"])
 
     def report(self) -> dict[str, Any]:
         """Entries added to summary.json (none here)."""
