@@ -157,7 +157,7 @@ def test_krum_attack_is_selected_on_a_typical_round():
 
 def test_krum_oracles_and_checks():
     x = honest_rows(h=9)
-    with pytest.raises(ValueError, match="does not select rows.*oracle='krum'"):
+    with pytest.raises(ValueError, match=r"does not select rows.*oracle='krum'"):
         A.get("fang-krum")(honest=x, f=3, rule=G.bind("median", 3))
     via_krum = A.get("fang-krum", oracle="krum")(honest=x, f=3, rule=G.bind("median", 3))
     torch.testing.assert_close(via_krum, A.get("fang-krum")(honest=x, f=3,

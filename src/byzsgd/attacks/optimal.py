@@ -46,7 +46,9 @@ def line_search(objective: Callable[[float], float], start: float,
     """``(t, objective(t), calls)``: the best t >= 0 found with at most ``evals`` calls.
 
     Expansion: from ``start``, double t while the objective increases (or, when 2 start is
-    not better than start, halve it while it does), which brackets a maximum as
+    not better than start, halve it while it does not decrease: beyond the edge where a
+    selection rule stops selecting the candidates the objective is flat), which brackets a
+    maximum as
     lo < mid < hi with objective(mid) at least that of both ends. Contraction: golden-section
     steps inside the larger half of the bracket, keeping the best point as mid. A NaN
     objective counts as -inf. Among equally good points the smallest t is returned."""
@@ -85,7 +87,7 @@ def line_search(objective: Callable[[float], float], start: float,
             if spent():
                 break
             nxt = mid / 2.0
-            if value(nxt) > value(mid):
+            if value(nxt) >= value(mid):  # on a plateau keep looking below (a cliff's edge)
                 hi, mid = mid, nxt
             else:
                 lo = nxt
