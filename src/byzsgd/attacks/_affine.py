@@ -24,20 +24,23 @@ from ._base import Context
 _CHUNK = 1 << 16
 
 
-def finite_rows(attack: str, x: Tensor) -> Tensor:
-    """The rows of ``x`` (m, d) holding only finite values (``x`` itself when all do).
+def finite_rows(attack: str, x: Tensor) -> tuple[Tensor, Tensor]:
+    """``(rows, mean)``: the rows of ``x`` (m, d) holding only finite values (``x`` itself when
+    all do) and their mean, accumulated in float64.
 
     A benign row with a NaN or Inf (a faulty worker the attacker overheard) would poison every
     mean and distance the attack computes; the attack ignores it. ``ValueError`` when no row
-    is finite. The common case costs one reduction: a finite column sum means finite rows.
+    is finite. The common case costs one pass: a finite column sum means finite rows.
     """
-    if bool(torch.isfinite(x.sum(dim=0, dtype=torch.float64)).all()):
-        return x
+    total = x.sum(dim=0, dtype=torch.float64)
+    if bool(torch.isfinite(total).all()):
+        return x, total / x.shape[0]
     keep = torch.isfinite(x).all(dim=1)
     if not bool(keep.any()):
         raise ValueError(f"{attack}: needs at least one benign row with only finite values, "
                          f"got {x.shape[0]} rows each holding a NaN or Inf")
-    return x[keep]
+    rows = x[keep]
+    return rows, mean64(rows)
 
 
 def mean64(x: Tensor) -> Tensor:

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from byzsgd import aggregators
 
-from ._affine import AffineCandidates, assembled, finite_rows, mean64
+from ._affine import AffineCandidates, assembled, finite_rows
 from ._base import ClassicAttack, Context, check_float
 
 if TYPE_CHECKING:
@@ -109,9 +109,8 @@ class FangKrum(ClassicAttack):
             raise ValueError(f"{self.name}: the lambda bound needs n > 2f + 1, got n={n}, "
                              f"f={f}")
         rule = self._oracle(ctx)
-        honest = finite_rows(self.name, ctx.need_honest().detach())
+        honest, mean = finite_rows(self.name, ctx.need_honest().detach())
         h = honest.shape[0]
-        mean = mean64(honest)
         s = torch.sign(mean)
         zero = torch.zeros_like(mean)
         geo = AffineCandidates(honest, zero, -s, f, center=mean)
@@ -175,8 +174,8 @@ class FangTrim(ClassicAttack):
                              f"[w, b w]), got b={b}")
 
     def forge(self, ctx: Context) -> Tensor:
-        honest = finite_rows(self.name, ctx.need_honest().detach())
-        direction = torch.sign(honest.sum(dim=0, dtype=torch.float64)).to(ctx.dtype)
+        honest, mean = finite_rows(self.name, ctx.need_honest().detach())
+        direction = torch.sign(mean).to(ctx.dtype)
         low, high = torch.aminmax(honest.to(ctx.dtype), dim=0)
         extreme = torch.where(direction > 0, low, high)  # the value to go beyond
         side = direction * extreme

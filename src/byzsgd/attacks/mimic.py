@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._affine import centered_products, finite_rows, mean64, transposed_combination
+from ._affine import centered_products, finite_rows, transposed_combination
 from ._base import ClassicAttack, Context, check_int
 
 
@@ -96,15 +96,15 @@ class Mimic(ClassicAttack):
     def forge(self, ctx: Context) -> Tensor:
         honest = ctx.need_honest().detach()
         ids = self._ids(ctx, honest.shape[0])
-        if finite_rows(self.name, honest) is not honest:  # drop rows with a NaN or Inf
-            keep = torch.isfinite(honest).all(dim=1)
-            honest, ids = honest[keep], ids[keep]
+        clean, mean = finite_rows(self.name, honest)
+        if clean is not honest:  # rows with a NaN or Inf dropped
+            ids = ids[torch.isfinite(honest).all(dim=1)]
+            honest = clean
         d = honest.shape[1]
         if self.mu is not None and self.mu.shape != (d,):
             raise ValueError(f"{self.name}: state holds estimates of dimension "
                              f"{self.mu.shape[0]}, got vectors of dimension {d}; reset()")
         if self.t < self.warmup:
-            mean = mean64(honest)
             if self.t == 0:
                 self.mu = mean
                 z0 = torch.randn(d, generator=ctx.generator, dtype=torch.float64)

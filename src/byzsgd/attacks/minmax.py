@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._affine import AffineCandidates, finite_rows, mean64
+from ._affine import AffineCandidates, finite_rows
 from ._base import ClassicAttack, Context, check_float
 from ._moments import mean_std
 
@@ -108,8 +108,7 @@ class _AgrAgnostic(ClassicAttack):
         raise NotImplementedError
 
     def forge(self, ctx: Context) -> Tensor:
-        benign = finite_rows(self.name, ctx.source(self.knowledge).detach())
-        mean = mean64(benign)
+        benign, mean = finite_rows(self.name, ctx.source(self.knowledge).detach())
         p = perturbation(self.perturbation, benign, mean)
         geo = AffineCandidates(benign, mean, p, ctx.f, center=mean)
         bound = self.bound(geo)

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._affine import assembled, finite_rows, mean64
+from ._affine import assembled, finite_rows
 from ._base import ClassicAttack, Context, check_float, check_int
 from ._moments import mean_std
 
@@ -142,9 +142,8 @@ class _Optimal(ClassicAttack):
             raise ValueError(f"{self.name}: needs rule= (the deployed rule, a callable "
                              f"rule(x) -> (d,)) to search {self.scale}")
         given = ctx.need_honest().detach()
-        honest = finite_rows(self.name, given)
+        honest, mean = finite_rows(self.name, given)
         h, f = honest.shape[0], ctx.f
-        mean = mean64(honest)
         a, e = self.family(honest, mean)
         full = assembled(ctx, honest) if honest is given else torch.cat(
             [honest.to(ctx.dtype), torch.empty((f, ctx.d), dtype=ctx.dtype)])
