@@ -1,5 +1,6 @@
 """The mimic attack of Karimireddy, He and Jaggi, "Byzantine-Robust Learning on Heterogeneous
-Datasets via Bucketing" (ICLR 2022), Section 4 / Appendix on attacks.
+Datasets via Bucketing" (ICLR 2022; Section 4, details in the appendix and the authors'
+reference code, whose online estimate of the direction is followed here).
 
 Every Byzantine worker sends an exact copy of one honest worker's vector. Under heterogeneous
 data, over-weighting one worker biases the aggregate toward that worker's data, and copies of

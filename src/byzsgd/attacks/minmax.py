@@ -1,6 +1,6 @@
 """Min-Max and Min-Sum, the AGR-agnostic attacks of Shejwalkar & Houmansadr, "Manipulating
 the Byzantine: Optimizing Model Poisoning Attacks and Defenses for Federated Learning"
-(NDSS 2021), Section IV-C.
+(NDSS 2021), Section IV, the AGR-agnostic attacks.
 
 Every Byzantine worker sends ``B(gamma) = mean(benign) + gamma * p`` (eq. 5) with the
 perturbation ``p`` one of
@@ -51,7 +51,7 @@ PERTURBATIONS = ("unit-vec", "sign", "std")
 
 
 def perturbation(kind: str, benign: Tensor, mean: Tensor) -> Tensor:
-    """The perturbation vector p (float64, (d,)) of Shejwalkar & Houmansadr, IV-C."""
+    """The perturbation vector p (float64, (d,)) of Shejwalkar & Houmansadr, Section IV."""
     if kind == "unit-vec":
         norm = float(mean.norm())
         return -mean / norm if norm > 0 else torch.zeros_like(mean)
