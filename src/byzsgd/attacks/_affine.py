@@ -19,9 +19,9 @@ from byzsgd.aggregators._gram import centered_gram
 from byzsgd.aggregators.distances import Geometry, finish_geometry, gram_distances
 
 from ._base import Context
+from ._products import centered_products, column_sums
 
-#: Columns per chunk of the float64 products (a few MB of temporaries).
-_CHUNK = 1 << 16
+__all__ = ["AffineCandidates", "assembled", "centered_products", "finite_rows", "mean64"]
 
 
 def finite_rows(attack: str, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -32,7 +32,7 @@ def finite_rows(attack: str, x: Tensor) -> tuple[Tensor, Tensor]:
     mean and distance the attack computes; the attack ignores it. ``ValueError`` when no row
     is finite. The common case costs one pass: a finite column sum means finite rows.
     """
-    total = x.sum(dim=0, dtype=torch.float64)
+    total = column_sums(x)
     if bool(torch.isfinite(total).all()):
         return x, total / x.shape[0]
     keep = torch.isfinite(x).all(dim=1)
@@ -45,35 +45,7 @@ def finite_rows(attack: str, x: Tensor) -> tuple[Tensor, Tensor]:
 
 def mean64(x: Tensor) -> Tensor:
     """The mean of the rows of ``x`` accumulated in float64 (returned in float64)."""
-    return x.sum(dim=0, dtype=torch.float64) / x.shape[0]
-
-
-def centered_products(x: Tensor, center: Tensor, vectors: Tensor) -> Tensor:
-    """``(x_i - center) . v_k`` for every row i of ``x`` (m, d) and every row k of ``vectors``
-    (k, d), in float64: an (m, k) tensor. One pass over ``x`` in column chunks (no (m, d)
-    temporary), each chunk centred and multiplied in float64, so rows sharing a large common
-    component lose no digits to cancellation."""
-    m, d = x.shape
-    out = torch.zeros((m, vectors.shape[0]), dtype=torch.float64)
-    c = center.double()
-    v = vectors.double()
-    for lo in range(0, d, _CHUNK):
-        hi = min(d, lo + _CHUNK)
-        out += (x[:, lo:hi].double() - c[lo:hi]) @ v[:, lo:hi].T
-    return out
-
-
-def transposed_combination(x: Tensor, center: Tensor, weights: Tensor) -> Tensor:
-    """``sum_i weights_i (x_i - center)`` in float64 (d,), one chunked pass over ``x``."""
-    d = x.shape[1]
-    out = torch.empty(d, dtype=torch.float64)
-    w = weights.double()
-    c = center.double()
-    total = float(w.sum())
-    for lo in range(0, d, _CHUNK):
-        hi = min(d, lo + _CHUNK)
-        out[lo:hi] = w @ x[:, lo:hi].double() - total * c[lo:hi]
-    return out
+    return column_sums(x) / x.shape[0]
 
 
 class AffineCandidates:

@@ -33,8 +33,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._affine import centered_products, finite_rows, transposed_combination
+from ._affine import centered_products, finite_rows
 from ._base import ClassicAttack, Context, check_int
+from ._products import combination
 
 
 class Mimic(ClassicAttack):
@@ -90,7 +91,7 @@ class Mimic(ClassicAttack):
     def _power_step(self, honest: Tensor, mu: Tensor, z: Tensor) -> Tensor:
         """``C z / |C z|`` with C the scatter matrix of ``honest`` around ``mu``."""
         w = centered_products(honest, mu, z[None, :])[:, 0]
-        cz = transposed_combination(honest, mu, w)
+        cz = combination(honest, mu, w)
         norm = float(cz.norm())
         return cz / norm if norm > 0 else z
 
