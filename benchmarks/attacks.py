@@ -65,28 +65,35 @@ cases = {
 out = {}
 for name in sys.argv[5].split(","):
     attack = cases[name]()
-    times = []
+    times, reads = [], []
     for _ in range(repeats):
+        tic = time.perf_counter()
+        x.sum(0)
+        reads.append(time.perf_counter() - tic)
         tic = time.perf_counter()
         attack(x)
         times.append(time.perf_counter() - tic)
-    out[name] = statistics.median(times) * 1e3
+    out[name] = (statistics.median(times) * 1e3, statistics.median(reads) * 1e3)
 print(json.dumps(out))
 """
 
 
-def median_ms(fn, repeats: int) -> float:
+def interleaved_ms(fn, read, repeats: int) -> tuple[float, float]:
+    """Median ms of ``fn`` and of ``read``, timed alternately (the load is shared)."""
     fn()  # warm-up (compilation, caches)
-    times = []
+    times, reads = [], []
     for _ in range(repeats):
+        start = time.perf_counter()
+        read()
+        reads.append(time.perf_counter() - start)
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+    return statistics.median(times) * 1e3, statistics.median(reads) * 1e3
 
 
 def byzfl_times(python: str, path: str, h: int, f: int, d: int, repeats: int,
-                names: list[str]) -> dict[str, float] | None:
+                names: list[str]) -> dict[str, tuple[float, float]] | None:
     if not Path(python).exists():
         return None
     env = {**os.environ, "PYTHONPATH": path}
@@ -116,8 +123,7 @@ def main(argv: list[str] | None = None) -> None:
           + " ".join(f"{v:.2f}" for v in os.getloadavg()))
     matrix = torch.randn(n, d, generator=torch.Generator().manual_seed(0)) + 0.1
     honest, out = matrix[:h], matrix[h:]
-    read = median_ms(lambda: honest.sum(0), repeats)
-    ours: dict[str, float] = {}
+    ours: dict[str, tuple[float, float]] = {}
     for label, name, params, rule_name, _ in CASES:
         rule = aggregators.bind(rule_name or "krum", f)
         attack = attacks.get(name, **params)
@@ -126,19 +132,23 @@ def main(argv: list[str] | None = None) -> None:
             attack(honest=honest, f=f, n=n, rule=rule, out=out,
                    generator=torch.Generator().manual_seed(1))
 
-        ours[label] = median_ms(forge, repeats)
+        ours[label] = interleaved_ms(forge, lambda: honest.sum(0), repeats)
     theirs = None
     if not args.no_byzfl:
         wanted = sorted({c[4] for c in CASES if c[4] is not None})
         theirs = byzfl_times(args.byzfl_python, args.byzfl_path, h, f, d,
-                             max(1, repeats // 2 if not args.quick else repeats), wanted)
-    print(f"{'attack':<18} {'rule':<7} {'ms':>9} {'x read':>7} {'ByzFL ms':>9} {'speed-up':>9}")
-    print(f"{'sum(0) read':<18} {'':<7} {read:>9.1f} {1.0:>7.1f}")
+                             repeats if args.quick else max(1, repeats // 2), wanted)
+    print("ms: median per forge; x read: over one read pass of the honest matrix (sum(0)) "
+          "timed interleaved with it, in the same process; speed-up: ByzFL's x read over ours")
+    print(f"{'attack':<18} {'rule':<7} {'ms':>9} {'x read':>7} {'ByzFL ms':>9} {'x read':>7} "
+          f"{'speed-up':>9}")
     for label, _, _, rule_name, byzfl_name in CASES:
-        row = (f"{label:<18} {rule_name or '':<7} {ours[label]:>9.1f} "
-               f"{ours[label] / read:>7.1f}")
+        ms, read = ours[label]
+        row = f"{label:<18} {rule_name or '':<7} {ms:>9.1f} {ms / read:>7.1f}"
         if theirs is not None and byzfl_name in theirs:
-            row += f" {theirs[byzfl_name]:>9.1f} {theirs[byzfl_name] / ours[label]:>8.1f}x"
+            their_ms, their_read = theirs[byzfl_name]
+            row += (f" {their_ms:>9.1f} {their_ms / their_read:>7.1f} "
+                    f"{(their_ms / their_read) / (ms / read):>8.1f}x")
         print(row)
     print("load average after: " + " ".join(f"{v:.2f}" for v in os.getloadavg()))
 
