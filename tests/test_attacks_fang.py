@@ -76,9 +76,9 @@ def test_trim_seeded_and_checks():
     x = honest_rows()
     run = lambda s: A.get("fang-trim")(honest=x, f=2, generator=torch.Generator().manual_seed(s))  # noqa: E731
     assert torch.equal(run(1), run(1)) and not torch.equal(run(1), run(2))
-    with pytest.raises(ValueError, match=r"fang-trim: b must be > 1 .*got b=1"):
+    with pytest.raises(ValueError, match=r"fang-trim: b must be a float in \(1, inf\), got 1"):
         A.get("fang-trim", b=1.0)
-    with pytest.raises(ValueError, match="b must be finite"):
+    with pytest.raises(ValueError, match="b must be a float"):
         A.get("fang-trim", b=float("nan"))
     with pytest.raises(ValueError, match="knowledge"):
         A.get("fang-trim", knowledge="own")
@@ -166,9 +166,9 @@ def test_krum_oracles_and_checks():
         A.get("fang-krum")(honest=x, f=3)
     with pytest.raises(ValueError, match=r"needs n > 2f \+ 1, got n=6, f=3"):
         A.get("fang-krum", oracle="krum")(honest=x[:3], f=3)
-    with pytest.raises(ValueError, match="oracle must be one of rule, krum"):
+    with pytest.raises(ValueError, match="oracle must be one of 'rule', 'krum'"):
         A.get("fang-krum", oracle="median")
-    with pytest.raises(ValueError, match="lambda_min must be > 0"):
+    with pytest.raises(ValueError, match="lambda_min must be a float"):
         A.get("fang-krum", lambda_min=0.0)
     with pytest.raises(ValueError, match="needs honest="):
         A.get("fang-krum")(own=x[:3], f=3, n=12, rule=G.bind("krum", 3))

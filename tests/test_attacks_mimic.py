@@ -9,7 +9,8 @@ import torch
 
 from byzsgd import attacks as A
 from byzsgd.config import ExperimentConfig
-from byzsgd.engine.simulator import Simulation, build
+from byzsgd.engine.setup import build
+from byzsgd.engine.simulator import Simulation
 from byzsgd.experiment import run
 from byzsgd.results import read_csv
 
@@ -117,7 +118,7 @@ def test_state_dict_round_trip_continues_the_same_sequence():
 
 
 def test_checks_and_hostile_rows():
-    with pytest.raises(ValueError, match=r"mimic: warmup must satisfy warmup >= 1"):
+    with pytest.raises(ValueError, match=r"mimic: warmup must be an int in \[1, inf\)"):
         A.get("mimic", warmup=0)
     with pytest.raises(ValueError, match="knowledge"):
         A.get("mimic", knowledge="own")

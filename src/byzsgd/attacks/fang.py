@@ -15,18 +15,21 @@ Both attacks are full knowledge: they read the honest gradients of the round
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from numbers import Real
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from byzsgd import aggregators
+from byzsgd.constraints import Constraints, Interval, Options
 
 from ._affine import AffineCandidates, assembled, finite_rows
-from ._base import ClassicAttack, Context, check_float
+from ._base import ClassicAttack, Context
+from ._registry import register
 
 if TYPE_CHECKING:
-    from byzsgd.aggregators import BoundRule
+    from byzsgd.aggregators import Rule
 
 ORACLES = ("rule", "krum")
 
@@ -49,6 +52,7 @@ def krum_lambda_bound(sq: Tensor, norms: Tensor, n: int, f: int) -> float:
     return float(nearest.sum(dim=1).min()) / (n - 2 * f - 1) + float(norms.max())
 
 
+@register
 class FangKrum(ClassicAttack):
     """Fang et al.'s full-knowledge attack on Krum (USENIX Security 2020, 4.2).
 
@@ -72,15 +76,16 @@ class FangKrum(ClassicAttack):
     summary = ("-lambda*sign(mean), lambda halved from the bound until Krum selects it "
                "(Fang et al., USENIX Sec. 2020, 4.2)")
     supported_knowledge = ("omniscient",)
+    constraints: ClassVar[Constraints] = {
+        "oracle": [Options(ORACLES)],
+        "lambda_min": [Interval(Real, 0, None, closed="neither")],
+    }
 
     def __init__(self, *, oracle: str = "rule", lambda_min: float = 1e-5,
                  knowledge: str | None = None) -> None:
         super().__init__(knowledge=knowledge)
-        if oracle not in ORACLES:
-            raise ValueError(f"{self.name}: oracle must be one of {', '.join(ORACLES)}, got "
-                             f"oracle={oracle!r}")
         self.oracle = oracle
-        self.lambda_min = check_float(self.name, "lambda_min", lambda_min, positive=True)
+        self.lambda_min = float(lambda_min)
         self.last_lambda: float | None = None
         self.last_selected: bool | None = None
 
@@ -88,7 +93,7 @@ class FangKrum(ClassicAttack):
         self.last_lambda = self.last_selected = None
         return super().__call__(**kwargs)
 
-    def _oracle(self, ctx: Context) -> BoundRule:
+    def _oracle(self, ctx: Context) -> Rule:
         if self.oracle == "krum":
             return aggregators.bind("krum", ctx.f)
         rule = ctx.rule
@@ -143,6 +148,7 @@ class FangKrum(ClassicAttack):
         return ctx.rows(-lam * s)
 
 
+@register
 class FangTrim(ClassicAttack):
     """Fang et al.'s full-knowledge attack on trimmed mean and median (USENIX Security 2020,
     4.3), in gradient space as in the authors' code.
@@ -165,13 +171,12 @@ class FangTrim(ClassicAttack):
     summary = ("values beyond the honest min/max against sign(mean), scaled in [1, b] "
                "(Fang et al., USENIX Sec. 2020, 4.3)")
     supported_knowledge = ("omniscient",)
+    #: b > 1: the crafted values lie in [w, b w]
+    constraints: ClassVar[Constraints] = {"b": [Interval(Real, 1, None, closed="neither")]}
 
     def __init__(self, *, b: float = 2.0, knowledge: str | None = None) -> None:
         super().__init__(knowledge=knowledge)
-        self.b = check_float(self.name, "b", b)
-        if not self.b > 1.0:
-            raise ValueError(f"{self.name}: b must be > 1 (the crafted values lie in "
-                             f"[w, b w]), got b={b}")
+        self.b = float(b)
 
     def forge(self, ctx: Context) -> Tensor:
         honest, mean = finite_rows(self.name, ctx.need_honest().detach())

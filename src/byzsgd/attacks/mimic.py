@@ -28,16 +28,21 @@ honest rows (it is Byzantine this round) copies the honest row with the largest 
 
 from __future__ import annotations
 
-from typing import Any
+from numbers import Integral
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
+from byzsgd.constraints import Constraints, Interval
+
 from ._affine import centered_products, finite_rows
-from ._base import ClassicAttack, Context, check_int
+from ._base import ClassicAttack, Context
 from ._products import combination
+from ._registry import register
 
 
+@register
 class Mimic(ClassicAttack):
     """Copy the honest worker with the largest projection on the top principal direction of
     the honest vectors, estimated over ``warmup`` rounds (Karimireddy, He, Jaggi, ICLR 2022).
@@ -53,11 +58,11 @@ class Mimic(ClassicAttack):
     summary = ("copy the honest worker with the largest projection on the top principal "
                "direction (Karimireddy, He, Jaggi, ICLR 2022)")
     supported_knowledge = ("omniscient",)
+    constraints: ClassVar[Constraints] = {"warmup": [Interval(Integral, 1, None, closed="left")]}
 
     def __init__(self, *, warmup: int = 10, knowledge: str | None = None) -> None:
         super().__init__(knowledge=knowledge)
-        self.warmup = check_int(self.name, "warmup", warmup, minimum=1,
-                                constraint="warmup >= 1")
+        self.warmup = int(warmup)
         self.reset()
 
     def reset(self) -> None:

@@ -38,14 +38,18 @@ paper's full-knowledge setting) or the Byzantine workers' own honestly computed 
 from __future__ import annotations
 
 import math
-from typing import Any
+from numbers import Real
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
+from byzsgd.constraints import Constraints, Interval, Options
+
 from ._affine import AffineCandidates, finite_rows
-from ._base import ClassicAttack, Context, check_float
+from ._base import ClassicAttack, Context
 from ._moments import mean_std
+from ._registry import register
 
 PERTURBATIONS = ("unit-vec", "sign", "std")
 
@@ -78,16 +82,18 @@ def gamma_search(accept: Any, gamma_init: float, tau: float) -> float:
 
 class _AgrAgnostic(ClassicAttack):
     supported_knowledge = ("omniscient", "own")
+    constraints: ClassVar[Constraints] = {
+        "perturbation": [Options(PERTURBATIONS)],
+        "gamma_init": [Interval(Real, 0, None, closed="neither")],
+        "tau": [Interval(Real, 0, None, closed="neither")],
+    }
 
     def __init__(self, *, perturbation: str = "unit-vec", gamma_init: float = 10.0,
                  tau: float = 1e-5, knowledge: str | None = None) -> None:
         super().__init__(knowledge=knowledge)
-        if perturbation not in PERTURBATIONS:
-            raise ValueError(f"{self.name}: perturbation must be one of "
-                             f"{', '.join(PERTURBATIONS)}, got perturbation={perturbation!r}")
         self.perturbation = perturbation
-        self.gamma_init = check_float(self.name, "gamma_init", gamma_init, positive=True)
-        self.tau = check_float(self.name, "tau", tau, positive=True)
+        self.gamma_init = float(gamma_init)
+        self.tau = float(tau)
         if self.tau >= self.gamma_init:
             raise ValueError(f"{self.name}: tau must be < gamma_init (the search stops once "
                              f"gamma moves by less than tau), got tau={tau}, "
@@ -121,6 +127,7 @@ class _AgrAgnostic(ClassicAttack):
         return ctx.rows(mean + self.last_gamma * p)
 
 
+@register
 class MinMax(_AgrAgnostic):
     """Min-Max (Shejwalkar & Houmansadr, NDSS 2021, eq. 6 and Algorithm 1): ``mean + gamma p``
     with gamma the largest whose farthest benign vector is no farther than the two farthest
@@ -139,6 +146,7 @@ class MinMax(_AgrAgnostic):
         return float(geo.sq_to_benign(gamma).max())
 
 
+@register
 class MinSum(_AgrAgnostic):
     """Min-Sum (Shejwalkar & Houmansadr, NDSS 2021, eq. 7 and Algorithm 1): ``mean + gamma p``
     with gamma the largest whose sum of squared distances to the benign vectors is at most

@@ -26,14 +26,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from numbers import Integral, Real
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
+from byzsgd.constraints import Constraints, Interval
+
 from ._affine import assembled, finite_rows
-from ._base import ClassicAttack, Context, check_float, check_int
+from ._base import ClassicAttack, Context
 from ._moments import mean_std
+from ._registry import register
 
 #: 1 - 1/golden ratio: where a golden-section step probes inside the larger sub-interval.
 _GOLDEN = (3.0 - math.sqrt(5.0)) / 2.0
@@ -115,14 +119,18 @@ def line_search(objective: Callable[[float], float], start: float,
 
 class _Optimal(ClassicAttack):
     supported_knowledge = ("omniscient",)
-    #: The name of the scale in messages and :attr:`params`.
+    constraints: ClassVar[Constraints] = {
+        "evals": [Interval(Integral, 2, None, closed="left")],
+        "start": [Interval(Real, 0, None, closed="neither")],
+    }
+    #: The name of the scale in messages.
     scale = "t"
 
     def __init__(self, *, evals: int = 20, start: float = 1.0,
                  knowledge: str | None = None) -> None:
         super().__init__(knowledge=knowledge)
-        self.evals = check_int(self.name, "evals", evals, minimum=2, constraint="evals >= 2")
-        self.start = check_float(self.name, "start", start, positive=True)
+        self.evals = int(evals)
+        self.start = float(start)
         #: The scale sent in the last call, the objective it reached, and the rule calls.
         self.last_scale: float | None = None
         self.last_objective: float | None = None
@@ -162,6 +170,7 @@ class _Optimal(ClassicAttack):
         return ctx.rows(a + t * e)
 
 
+@register
 class OptimalAlie(_Optimal):
     """``mu + z sigma`` with z >= 0 line-searched to maximize the distance between the deployed
     rule's output and the honest mean (the optimal ALIE of ByzFL; Baruch et al. 2019,
@@ -179,6 +188,7 @@ class OptimalAlie(_Optimal):
         return mu.double(), sigma.double()
 
 
+@register
 class OptimalIpm(_Optimal):
     """``-epsilon mu`` with epsilon >= 0 line-searched to maximize the distance between the
     deployed rule's output and the honest mean (the optimal IPM of ByzFL; Xie et al., Fall of
