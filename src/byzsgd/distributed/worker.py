@@ -99,7 +99,9 @@ class Worker:
         try:
             rows = self.adversary.forge(draw, t, theta, self.step.lr_at(t), self.s.server.rule,
                                         honest=honest, own=own_rows,
-                                        f=int(own_rows.shape[0]), n=n)
+                                        f=int(own_rows.shape[0]), n=n,
+                                        honest_ids=torch.tensor(seen, dtype=torch.long)
+                                        if seen else None)
         except ValueError as e:
             self._abstain(t, listed, f"the attack failed: {e}")
             return

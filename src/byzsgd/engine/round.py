@@ -191,15 +191,17 @@ class Adversary:
 
     def forge(self, draw: Draw, t: int, theta: Tensor, lr: float, rule: Any, *,
               honest: Tensor | None, own: Tensor | None, f: int, n: int | None,
-              out: Tensor | None = None) -> Tensor:
+              out: Tensor | None = None, honest_ids: Tensor | None = None) -> Tensor:
         """The f Byzantine rows (f, d) a classic attack builds from what it knows: ``own``
         (the honest vectors of the f Byzantine workers; None when the attack does not read
-        them) and, when given, the ``honest`` rows; ``rule`` is the deployed rule (adaptive
-        attacks query it). Written into ``out`` when given."""
+        them) and, when given, the ``honest`` rows, whose workers ``honest_ids`` names (for
+        an attack that follows a worker across rounds: mimic); ``rule`` is the deployed rule
+        (adaptive attacks query it). Written into ``out`` when given."""
         assert self.attack is not None
         return self.attack(honest=honest, own=own, f=f, n=n, rule=rule,
                            generator=draw.generator,
-                           backdoor_loss=self.backdoor_loss(theta, t, lr), out=out)
+                           backdoor_loss=self.backdoor_loss(theta, t, lr), out=out,
+                           honest_ids=honest_ids)
 
     def corrupt(self, draw: Draw, vectors: Tensor) -> Tensor:
         """The (n, d) matrix after a dimensional attack corrupted values of ``vectors``."""
@@ -279,7 +281,8 @@ def round_(t: int, theta: Tensor, buffer: Tensor | None, *, workers: Workers,
         received = adversary.corrupt(draw, received)  # a copy: the honest rows stay correct
     elif draw.attacked:
         adversary.forge(draw, t, theta, lr, server.rule, honest=ws.honest, own=ws.own,
-                        f=byz.numel(), n=workers.n, out=ws.byzantine)
+                        f=byz.numel(), n=workers.n, out=ws.byzantine,
+                        honest_ids=ws.worker_of_row[:ws.k])
     # 4. aggregate and step
     aggregate = server.aggregate(received)
     theta_next, buffer = step(theta, aggregate.value, lr, buffer)

@@ -58,9 +58,15 @@ class Simulation:
     # -- what the recorder asks ------------------------------------------------------------
 
     def state(self) -> dict[str, Any]:
-        """The training state a checkpoint holds (besides the loop's own counters)."""
-        return {"theta": self.theta,
-                "server": {"buffer": self.buffer, **self.s.server.rule_state()}}
+        """The training state a checkpoint holds (besides the loop's own counters): the
+        rule's state across rounds (centered clipping) and the attack's (mimic), when they
+        have one."""
+        state = {"theta": self.theta,
+                 "server": {"buffer": self.buffer, **self.s.server.rule_state()}}
+        attack = self.adversary.attack
+        if hasattr(attack, "state_dict"):
+            state["attack"] = attack.state_dict()
+        return state
 
     def begin(self, state: dict[str, Any] | None, start: int) -> None:
         """Before round ``start``: from the checkpoint's ``state`` when resuming."""
@@ -68,6 +74,9 @@ class Simulation:
             self.theta = state["theta"]
             self.buffer = state["server"]["buffer"]
             self.s.server.load_rule_state(state["server"])
+            attack = self.adversary.attack
+            if "attack" in state and hasattr(attack, "load_state_dict"):
+                attack.load_state_dict(state["attack"])
 
     def report(self) -> dict[str, Any]:
         """Entries added to summary.json (none here)."""
