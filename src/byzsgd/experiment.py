@@ -16,7 +16,6 @@ from typing import Any
 import torch
 
 from byzsgd.config import ExperimentConfig
-from byzsgd.engine.recorder import holds_run
 from byzsgd.grid import (
     PARAM_AXES,
     Point,
