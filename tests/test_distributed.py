@@ -258,8 +258,9 @@ def test_a_killed_server_resumes_from_its_checkpoint(tmp_path):
 @pytest.mark.timeout(150)
 def test_under_torchrun_a_dead_worker_does_not_tear_the_run_down(tmp_path):
     """torchrun stops every process when one fails: a supervisor keeps a worker's death from
-    counting as a failure."""
-    config = cfg(workers=2, byzantine=0, aggregator="median", rounds=6, eval_every=3)
+    counting as a failure. Three workers: the median of the two left stays finite (with two,
+    the dead one's NaN row would make the run diverge, which now stops it)."""
+    config = cfg(workers=3, byzantine=0, aggregator="median", rounds=6, eval_every=3)
     out = tmp_path / "dist"
     result = distributed(config, out, "--launcher", "torchrun",
                          fault="kill:worker=1:round=2")

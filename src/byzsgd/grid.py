@@ -296,9 +296,13 @@ def summary_config(out: Path) -> dict[str, Any] | None:
         return None
 
 
+#: Statuses of a run that has ended: run again with the same config, it ends the same way.
+FINISHED = ("complete", "diverged")
+
+
 def run_state(out: Path, config: ExperimentConfig) -> str:
-    """``complete``, ``partial`` (same config, resumable), ``stale`` (another config, or an
-    unreadable summary) or ``new``."""
+    """``complete`` (ended: status complete or diverged), ``partial`` (same config,
+    resumable), ``stale`` (another config, or an unreadable summary) or ``new``."""
     summary = out / "summary.json"
     if not summary.exists():
         return "new"
@@ -308,7 +312,7 @@ def run_state(out: Path, config: ExperimentConfig) -> str:
         return "stale"
     if done.get("config") != config.to_json():
         return "stale"
-    return "complete" if done.get("status") == "complete" else "partial"
+    return "complete" if done.get("status") in FINISHED else "partial"
 
 
 def is_complete(out: Path, config: ExperimentConfig) -> bool:
