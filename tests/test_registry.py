@@ -25,9 +25,17 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 @pytest.fixture(autouse=True)
 def clean_registries(monkeypatch):
-    """Whatever a test registers is gone after it."""
+    """Whatever a test registers is gone after it, including the ``aggregators.<name>``
+    functions that registering a rule (or replacing one) writes into the package."""
     monkeypatch.setattr(rule_registry, "_RULES", dict(rule_registry._RULES))
     monkeypatch.setattr(attack_registry, "_ATTACKS", dict(attack_registry._ATTACKS))
+    saved = dict(vars(aggregators))
+    yield
+    for name in set(vars(aggregators)) - set(saved):
+        delattr(aggregators, name)
+    for name, value in saved.items():
+        if getattr(aggregators, name, None) is not value:
+            setattr(aggregators, name, value)
 
 
 def trimmed_norm_mean(gradients, f, *, keep=None):
