@@ -9,8 +9,8 @@ from torch import Tensor
 from ._base import Aggregation, as_gradients, check_f, require
 from ._orderstats import coordinate_mean_around_median
 from .brute import check_brute, smallest_diameter_subset
-from .distances import Geometry, argmin_settled, geometry, rank_by_sum
-from .geomed import squared_distances_to_combination, weiszfeld
+from .distances import Geometry, argmin_settled, geometry
+from .geomed import medoid_order, squared_distances_to_combination, weiszfeld
 from .krum import krum_scores_order
 
 BASES = ("krum", "medoid", "geomed", "brute")
@@ -53,9 +53,7 @@ def _pick(base: str, x: Tensor | None, geo: Geometry, remaining: Tensor, f: int,
     if base == "krum":
         return int(krum_scores_order(sub, f, cut=1, rows=x, index=remaining)[0])
     if base == "medoid":
-        dist = sub.sqrt().sort(dim=1).values
-        return int(rank_by_sum(dist, cut=1, profile=dist, rows=x, index=remaining,
-                               presorted=True)[0])
+        return int(medoid_order(geo, remaining, rows=x)[0])
     alpha = torch.zeros(geo.sqdist.shape[0], dtype=torch.float64)
     if base == "geomed":
         assert geo.gram is not None

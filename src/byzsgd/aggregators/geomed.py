@@ -31,7 +31,8 @@ def weiszfeld(gram: Tensor, members: Tensor, *, tol: float = 1e-6, max_iter: int
       ~log(D) / log((k - f) / f) steps to shed it.
     * scale s: the lower median of the distances from the iterate to the members (an honest
       distance while the honest rows are a majority). When it is 0, half the rows or more sit
-      on the iterate, which then is a geometric median: return it (all rows equal, say).
+      on the iterate, which then is a geometric median: return one of those rows (all rows
+      equal, say).
     * floor: distances are floored at ``eps`` times the first s (the usual smoothing that keeps
       Weiszfeld defined when the iterate lands on a data point), and the weights are computed
       as ``floor / max(dist, floor)`` in (0, 1], so they cannot overflow (``1 / tiny`` summed
@@ -50,7 +51,9 @@ def weiszfeld(gram: Tensor, members: Tensor, *, tol: float = 1e-6, max_iter: int
         g_alpha = g @ alpha
         dist = (alpha @ g_alpha - 2.0 * g_alpha + diag).clamp_(min=0.0).sqrt_()
         scale = float(dist.kthvalue((k + 1) // 2).values)
-        if scale == 0.0:
+        if scale == 0.0:  # returned as one of those rows, exactly (not a rounded mean of them)
+            alpha = (dist == 0.0).to(g.dtype)
+            alpha[int(alpha.argmax()) + 1:] = 0.0
             break
         if floor is None:
             floor = eps * scale
@@ -121,5 +124,35 @@ def medoid_select(gradients: Tensor, f: int, *, p: float = 2.0) -> Aggregation:
 
 def medoid_selection(geo: Geometry, f: int, **_: object) -> Tensor:
     """The row the Medoid selects, from the geometry alone."""
-    dist = geo.dist.sort(dim=1).values
-    return rank_by_sum(dist, cut=1, profile=dist, rows=geo.rows, presorted=True)[:1]
+    return medoid_order(geo, rows=geo.rows)[:1]
+
+
+def medoid_order(geo: Geometry, members: Tensor | None = None, *, cut: int = 1,
+                 rows: Tensor | None = None) -> Tensor:
+    """Positions in ``members`` (all rows when None) ordered by their sum of distances to the
+    members, least first; exact ties across position ``cut`` settled by the distances,
+    nearest first, then by value (:func:`~.distances.rank_by_sum`).
+
+    Next to a far row (1e20 in float64) every sum is dominated by the distance to it, whose
+    rounding (~1e5 at 3e21) swamps the honest rows' differences. With a Gram matrix the sums
+    are therefore compared as sums of *differences* to a reference row r (the approximate
+    winner): ``d_ij - d_rj = (|y_i|^2 - |y_r|^2 - 2 <y_i - y_r, y_j>) / (d_ij + d_rj)``,
+    exact to the Gram matrix's precision whatever the size of d_rj. Rows at +inf (invalid)
+    keep +inf terms and rank last.
+    """
+    idx = torch.arange(geo.sqdist.shape[0]) if members is None else members
+    dist = geo.sqdist[idx][:, idx].sqrt()
+    ordered = dist.sort(dim=1).values
+    costs = ordered
+    if geo.gram is not None and idx.numel() > 1:
+        r = int(rank_by_sum(ordered, presorted=True)[0])
+        if bool(torch.isfinite(dist[r, r])):
+            g = geo.gram[idx][:, idx]
+            diag = g.diagonal()
+            num = (diag[:, None] - diag[r]) - 2.0 * (g - g[r][None, :])
+            den = dist + dist[r][None, :]
+            diff = torch.where(den > 0, num / den, torch.zeros((), dtype=num.dtype))
+            costs = torch.where(torch.isfinite(dist), diff,
+                                torch.full_like(diff, float("inf"))).sort(dim=1).values
+    return rank_by_sum(costs, cut=cut, profile=ordered, rows=rows,
+                       index=None if members is None else idx, presorted=True)
