@@ -14,6 +14,8 @@ from .geomed import medoid_order, squared_distances_to_combination, weiszfeld
 from .krum import krum_scores_order
 
 BASES = ("krum", "medoid", "geomed", "brute")
+#: Squared distances to A's output within this relative gap of the least are a tie.
+TIE_RTOL = 1e-6
 
 
 def check_bulyan(n: int, f: int, base: str = "krum", p: float = 2.0,
@@ -31,8 +33,12 @@ def check_bulyan(n: int, f: int, base: str = "krum", p: float = 2.0,
 def _closest_to_combination(x: Tensor | None, geo: Geometry, remaining: Tensor,
                             alpha: Tensor) -> int:
     """Position in ``remaining`` of the row closest to ``sum_i alpha_i x_i`` (from the Gram
-    matrix when the geometry has one, else from the rows ``x``); invalid rows are at +inf,
-    and rows at exactly the same distance are told apart by value, not by index."""
+    matrix when the geometry has one, else from the rows ``x``); invalid rows are at +inf.
+
+    Rows at the same distance (within ``TIE_RTOL``: the combination, a Weiszfeld iterate, is
+    known to about 1e-6 of the rows' spread) are told apart by value, not by index: the
+    geometric median and the mean of two rows are equally far from both, and which one
+    rounding put first decided before."""
     if geo.gram is not None:
         sq = squared_distances_to_combination(geo.gram, alpha)[remaining]
     else:
@@ -42,7 +48,7 @@ def _closest_to_combination(x: Tensor | None, geo: Geometry, remaining: Tensor,
         point = geo.combine(x, alpha)[None]
         sq = torch.cdist(point.double(), x[remaining].double(), p=geo.p)[0]
     sq = torch.where(geo.valid[remaining], sq, torch.full_like(sq, float("inf")))
-    return argmin_settled(sq, x, remaining)
+    return argmin_settled(sq, x, remaining, rtol=TIE_RTOL)
 
 
 def _pick(base: str, x: Tensor | None, geo: Geometry, remaining: Tensor, f: int, *,

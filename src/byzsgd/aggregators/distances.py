@@ -298,14 +298,16 @@ def _tie_comparator(profile: Tensor | None, rows: Tensor | None,
     return compare
 
 
-def argmin_settled(values: Tensor, rows: Tensor | None = None,
-                   index: Tensor | None = None) -> int:
-    """Position of the smallest of ``values`` (1-D, NaN read as +inf); among exactly equal
-    smallest values, the one whose row ``rows[index[i]]`` comes first by value
-    (:func:`~byzsgd.aggregators._rows.compare_rows`), so the row numbering does not choose."""
+def argmin_settled(values: Tensor, rows: Tensor | None = None, index: Tensor | None = None,
+                   *, rtol: float = 0.0) -> int:
+    """Position of the smallest of ``values`` (1-D, NaN read as +inf); among the values within
+    ``rtol`` (relative) of the smallest, the one whose row ``rows[index[i]]`` comes first by
+    value (:func:`~byzsgd.aggregators._rows.compare_rows`), so the row numbering does not
+    choose. ``rtol`` makes ties of values known only approximately (distances to an iterate)
+    ties, instead of leaving them to the rounding."""
     values = _nan_to_inf(values)
-    best = values.min()
-    tied = (values == best).nonzero().flatten().tolist()
+    best = float(values.min())
+    tied = (values <= best + rtol * abs(best)).nonzero().flatten().tolist()
     if len(tied) > 1:
         tied.sort(key=cmp_to_key(_tie_comparator(None, rows, index)))
     return tied[0]
