@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -28,9 +29,9 @@ def krum_scores_order(sqdist: Tensor, f: int, *, cut: int = 0, rows: Tensor | No
     """
     n = sqdist.shape[0]
     k = max(n - f - 2, 0)
-    others = sqdist.clone()
-    others.fill_diagonal_(float("inf"))
-    nearest = torch.sort(others, dim=1).values
+    others = sqdist.detach().numpy().copy()
+    np.fill_diagonal(others, np.inf)
+    nearest = torch.from_numpy(np.sort(others, axis=1))
     return rank_by_sum(nearest[:, :k], cut=cut, profile=nearest[:, k:], rows=rows, index=index,
                        presorted=True)
 
