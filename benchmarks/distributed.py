@@ -38,8 +38,11 @@ BIG = "mlp-1m"
 def register_big_model() -> None:
     """Add the 784-1258-10 MLP (d = 1,000,120) to the model registry of this process."""
     from byzsgd import models
+    from byzsgd.models.paper import mlp_layers
 
-    models._MODELS.setdefault(BIG, (models._mlp([1258]), 1, "784-1258-10 MLP (benchmark)"))
+    if BIG not in models.names():
+        models.register(BIG, summary="784-1258-10 MLP (benchmark)")(
+            lambda shape, k: mlp_layers(shape, [1258], k))
 
 
 def node(argv: list[str]) -> None:

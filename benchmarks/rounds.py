@@ -61,9 +61,9 @@ def measure(rule: str, knowledge: str, data_dir: str | None, rounds: int,
                               attack_params={"z": 1.5, "knowledge": knowledge}, batch_size=83,
                               lr=0.1, momentum=0.9, weight_decay=1e-4, rounds=rounds)
     sim = Simulation(build(config), Path("/nonexistent"))  # no files: rounds only
-    grads = sim.honest_vectors = Timed(sim.honest_vectors)
-    attack = sim.s.attack = Timed(sim.s.attack)
-    aggregate = sim.s.server.aggregate = Timed(sim.s.server.aggregate)
+    grads = sim.workers.vectors = Timed(sim.workers.vectors)
+    attack = sim.adversary.attack = Timed(sim.adversary.attack)
+    aggregate = sim.server.aggregate = Timed(sim.server.aggregate)
     for t in range(warmup):
         sim.round(t)
     grads.seconds = attack.seconds = aggregate.seconds = 0.0

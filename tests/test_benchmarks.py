@@ -36,3 +36,11 @@ def test_gradients_benchmark_short():
     out = run_script("benchmarks/gradients.py", "--repeats", "1", "--workers", "3",
                      "--batch", "4")
     assert "mlp-2x128" in out and "vmap/mlp" in out
+
+
+@pytest.mark.slow
+def test_attacks_benchmark_quick():
+    out = run_script("benchmarks/attacks.py", "--quick", "--no-byzfl", "--repeats", "1")
+    for attack in ("sum(0) read", "min-max", "min-sum", "fang-krum", "fang-trim", "mimic",
+                   "optimal-alie", "optimal-ipm"):
+        assert attack in out

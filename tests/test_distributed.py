@@ -30,9 +30,8 @@ from byzsgd.distributed.faults import (
 from byzsgd.distributed.launch import torchrun_command
 from byzsgd.distributed.node import role
 from byzsgd.distributed.protocol import Kind, Message
-from byzsgd.distributed.server import _diagnostics
 from byzsgd.experiment import run
-from byzsgd.metrics import direction_diagnostics
+from byzsgd.metrics import diagnostics_from_sums, direction_diagnostics, direction_sums
 from byzsgd.results import load_checkpoint, read_csv, read_json
 
 FAST = dict(dataset="synthetic", model="logreg", workers=4, byzantine=1, rounds=8,
@@ -147,12 +146,12 @@ def test_fault_log_counts_and_flags_rounds_beyond_f(tmp_path):
 
 def test_sharded_diagnostics_equal_the_full_ones():
     g, a = torch.randn(10), torch.randn(10)
-    sums = torch.zeros(4, dtype=torch.float64)
-    for part in (slice(0, 4), slice(4, 10)):
-        gs, as_ = g[part].double(), a[part].double()
-        sums += torch.stack([gs @ as_, gs @ gs, as_ @ as_, (as_ - gs) @ (as_ - gs)])
+    sums = direction_sums(g[:4], a[:4]) + direction_sums(g[4:], a[4:])
     full = direction_diagnostics(g, a)
-    for key, value in _diagnostics(sums).items():
+    assert math.isclose(full["distance"], float((a.double() - g.double()).norm()),
+                        rel_tol=1e-12)
+    assert math.isclose(full["aggregate_norm"], float(a.double().norm()), rel_tol=1e-12)
+    for key, value in diagnostics_from_sums(sums).items():
         assert math.isclose(value, full[key], rel_tol=1e-9)
 
 
@@ -267,3 +266,17 @@ def test_under_torchrun_a_dead_worker_does_not_tear_the_run_down(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert read_json(out / "summary.json")["status"] == "complete"
     assert all(faults_of(out)[(t, 1)] == "absent" for t in range(2, 6))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_batchnorm_model_runs_distributed_with_the_simulators_numbers(tmp_path):
+    """ResNet-20 (BatchNorm): each worker process normalizes with its own batch, the lead
+    server recomputes the running statistics from theta, as the simulator does."""
+    config = cfg(model="resnet20", workers=3, byzantine=1, aggregator="median",
+                 attack="sign-flip", rounds=2, eval_every=2, batch_size=4, lr=0.05,
+                 eval_train_samples=64)
+    run(config, tmp_path / "sim")
+    result = distributed(config, tmp_path / "dist", timeout=280)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_numbers(tmp_path / "sim", tmp_path / "dist")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import pytest
@@ -11,6 +10,7 @@ import torch
 
 from byzsgd import aggregators
 from byzsgd.config import ConfigError, ExperimentConfig
+from byzsgd.engine.round import Step, Workspace, round_
 from byzsgd.engine.sampler import WorkerSampler
 from byzsgd.engine.server import Server, learning_rate
 from byzsgd.engine.simulator import Simulation, build
@@ -156,7 +156,7 @@ def test_every_mode_runs_and_stays_finite(tmp_path, changes):
     (dict(attack="nope"), "unknown attack 'nope'"),
     (dict(batch_size=5000), "batch_size"),
     (dict(byzantine=12), "byzantine must satisfy 0 <= f <= n"),
-    (dict(lr=0.0), "lr must be > 0"),
+    (dict(lr=0.0), "lr must be a finite number > 0"),
     (dict(dataset="imagenet"), "unknown dataset 'imagenet'"),
     (dict(mode="async"), "mode must be one of"),
     (dict(aggregator="multi-krum", aggregator_params={"q": 1}), "unknown parameter"),
@@ -194,6 +194,22 @@ def test_server_momentum_and_weight_decay_match_torch_sgd():
     assert torch.allclose(theta, param.detach(), atol=1e-6)
 
 
+def test_the_rounds_step_is_the_servers_step():
+    """round_'s Step (theta and momentum buffer in, out) equals Server.step (its own buffer),
+    and in model-averaging mode the aggregate becomes theta."""
+    server = Server(aggregators.bind("mean", 0), 7, momentum=0.9, weight_decay=0.01)
+    step = Step(mode="gradient", lr=0.1, momentum=0.9, weight_decay=0.01)
+    theta = a = torch.randn(7)
+    buffer = None
+    for t in range(5):
+        g = torch.randn(7, generator=torch.Generator().manual_seed(t))
+        theta = server.step(theta, g, 0.1)
+        a, buffer = step(a, g, step.lr_at(t), buffer)
+        assert torch.equal(theta, a) and torch.equal(server.buffer, buffer)
+    averaged, kept = Step(mode="model-averaging", lr=0.1)(theta, a + 1, 0.1, None)
+    assert torch.equal(averaged, a + 1) and kept is None
+
+
 def test_sharded_servers_aggregate_each_shard_with_the_rule():
     x = torch.randn(9, 10)
     server = Server(aggregators.bind("krum", 2), 10, servers=2)
@@ -214,14 +230,14 @@ def test_byzantine_vectors_are_computed_only_when_the_attack_reads_them(
     sim = Simulation(build(cfg(attack="alie", attack_params={"knowledge": knowledge})),
                      tmp_path)
     rows_seen = []
-    original = sim.honest_vectors
+    original = sim.workers.vectors
 
-    def spy(t, flip, rows=None, out=None):
-        vectors = original(t, flip, rows, out)
+    def spy(*args, **kwargs):
+        vectors = original(*args, **kwargs)
         rows_seen.append(vectors.shape[0])
         return vectors
 
-    monkeypatch.setattr(sim, "honest_vectors", spy)
+    monkeypatch.setattr(sim.workers, "vectors", spy)
     for t in range(5):
         sim.round(t)
     assert rows_seen == [computed] * 5
@@ -232,9 +248,8 @@ def test_skipping_the_byzantine_vectors_changes_no_number(tmp_path, monkeypatch)
                  rounds=10)
     lean = Simulation(build(config), tmp_path / "a")
     full = Simulation(build(config), tmp_path / "b")
-    import byzsgd.engine.simulator as simulator
     rows_lean = [lean.round(t) for t in range(10)]
-    monkeypatch.setattr(simulator, "reads_byzantine_vectors", lambda setup: True)
+    monkeypatch.setattr(full.adversary, "reads_byzantine_vectors", lambda: True)
     rows_full = [full.round(t) for t in range(10)]
     torch.testing.assert_close(lean.theta, full.theta)
     for a, b in zip(rows_lean, rows_full, strict=True):
@@ -258,13 +273,34 @@ def test_mnist_first_layer_runs_on_the_non_zero_pixels(tmp_path):
     (no zeros) and convolutional models do not; both paths train alike."""
     mnist = dict(dataset="mnist-5k", model="mlp", workers=11, byzantine=2, batch_size=16)
     setup = build(cfg(**mnist))
-    assert setup.sparse_train is not None and setup.sparse_train.density < 0.3
-    assert build(cfg(**mnist, inputs="standardized")).sparse_train is None
-    assert build(cfg(**{**mnist, "model": "cnn-fall"})).sparse_train is None
+    assert setup.flat.sparse_inputs is not None and setup.flat.sparse_inputs.density < 0.3
+    assert build(cfg(**mnist, inputs="standardized")).flat.sparse_inputs is None
+    assert build(cfg(**{**mnist, "model": "cnn-fall"})).flat.sparse_inputs is None
     sparse = Simulation(setup, tmp_path / "a")
-    dense = Simulation(dataclasses.replace(build(cfg(**mnist)), sparse_train=None),
-                       tmp_path / "b")
+    dense_setup = build(cfg(**mnist))
+    dense_setup.flat.use_training_inputs(dense_setup.dataset.x_train, sparse=False)
+    assert dense_setup.flat.sparse_inputs is None
+    dense = Simulation(dense_setup, tmp_path / "b")
     for t in range(5):
         sparse.round(t)
         dense.round(t)
     torch.testing.assert_close(sparse.theta, dense.theta, rtol=1e-4, atol=1e-6)
+
+
+def test_a_round_depends_only_on_its_inputs():
+    """round_ from the same (t, theta, buffer) gives the same theta, buffer and record, in
+    any order of rounds (no hidden state), and leaves its inputs as they were."""
+    setup = build(cfg(aggregator="krum", attack="alie", momentum=0.9))
+    parts = dict(workers=setup.workers(), adversary=setup.adversary(), server=setup.server,
+                 step=setup.step(), workspace=Workspace(11, setup.flat.d))
+    theta0 = setup.flat.initial()
+    theta1, buffer1, _ = round_(0, theta0.clone(), None, **parts)
+    results = []
+    for _ in range(2):
+        theta, buffer = theta1.clone(), buffer1.clone()
+        results.append(round_(5, theta, buffer, **parts))
+        assert torch.equal(theta, theta1)  # theta_t is not changed in place
+        round_(9, theta1.clone(), buffer1.clone(), **parts)  # another round between
+    (ta, ba, ra), (tb, bb, rb) = results
+    assert torch.equal(ta, tb) and torch.equal(ba, bb) and ra == rb
+    assert not torch.equal(ta, theta1) and ra["round"] == 5 and ra["attacked"] == 1

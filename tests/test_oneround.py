@@ -14,7 +14,8 @@ from byzsgd import aggregators as G
 from byzsgd import attacks as A
 from byzsgd._params import parse_params, parse_value
 from byzsgd.attacks import ClassicAttack, Context
-from byzsgd.oneround import configure_parser, evaluate, load_gradients, run
+from byzsgd.cli_round import configure_parser, load_gradients, run
+from byzsgd.oneround import evaluate
 
 
 class Given(ClassicAttack):
@@ -202,7 +203,8 @@ def test_cli_files_and_text(tmp_path, capsys):
     (["--attack", "nope"], "unknown attack"),
     (["--attack", "ipm", "--attack-param", "eps"], "K=V"),
     (["--attack", "alie", "--byzantine", "-1"], "f must be an int >= 0"),
-    (["--attack", "gambler", "--attack-param", "probability=2"], "probability must be <= 1"),
+    (["--attack", "gambler", "--attack-param", "probability=2"],
+     "gambler: probability must be a float in [0, 1], got 2"),
 ])
 def test_cli_errors(argv, match, capsys):
     code, _, err = cli(["--aggregator", "krum", "--synthetic", "9,4", *argv], capsys)

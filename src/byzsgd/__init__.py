@@ -11,3 +11,15 @@ from byzsgd._openmp import bound_openmp_spinning
 bound_openmp_spinning()  # before anything imports torch
 
 __version__ = "0.1.0"
+
+#: Helpers for a user's own training loop (:mod:`byzsgd.gradients`), imported on first use so
+#: that ``import byzsgd`` stays light and loads torch only when asked to.
+_GRADIENT_HELPERS = ("per_worker_gradients", "flatten_like", "unflatten", "write_grad")
+
+
+def __getattr__(name: str) -> object:
+    if name in _GRADIENT_HELPERS:
+        from byzsgd import gradients
+
+        return getattr(gradients, name)
+    raise AttributeError(f"module 'byzsgd' has no attribute {name!r}")

@@ -4,62 +4,20 @@ from __future__ import annotations
 
 import argparse
 import sys
-import types
-import typing
-from dataclasses import fields
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
-from byzsgd.config import ConfigError, ExperimentConfig
+from byzsgd.config import ConfigError
+from byzsgd.flags import (
+    add_config_flags,
+    config_overrides,
+    out_dir,
+    positive_int,
+    resolve_config,
+    seed_list,
+)
 
 DEMO_OUT = "runs/demo"
-
-
-def _field_type(annotation: Any) -> type:
-    """The scalar type of a config field annotation like ``int | None``."""
-    if isinstance(annotation, str):
-        annotation = eval(annotation, {"Any": Any})  # annotations are postponed strings
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        return args[0]
-    return annotation
-
-
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per config field (``--batch-size``), defaulting to 'not given' so that a
-    config file's values stand unless overridden; plus the repeatable K=V parameter flags."""
-    group = parser.add_argument_group("experiment (override the config file)")
-    for f in fields(ExperimentConfig):
-        kind = _field_type(f.type)
-        if kind is dict or typing.get_origin(kind) is dict:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        group.add_argument(flag, dest=f.name, type=kind, default=argparse.SUPPRESS,
-                           choices=f.metadata.get("choices"), help=f.metadata.get("help"))
-    group.add_argument("--aggregator-param", action="append", default=[], metavar="KEY=VALUE",
-                       help="rule parameter, repeatable (e.g. --aggregator-param m=5)")
-    group.add_argument("--attack-param", action="append", default=[], metavar="KEY=VALUE",
-                       help="attack parameter, repeatable (e.g. --attack-param epsilon=0.1)")
-
-
-def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    from byzsgd._params import parse_params
-
-    values = {f.name: getattr(args, f.name) for f in fields(ExperimentConfig)
-              if hasattr(args, f.name)}
-    if args.aggregator_param:
-        values["aggregator_params"] = parse_params(args.aggregator_param)
-    if args.attack_param:
-        values["attack_params"] = parse_params(args.attack_param)
-    return values
-
-
-def resolve_config(args: argparse.Namespace) -> ExperimentConfig:
-    overrides = config_overrides(args)
-    if args.config:
-        return ExperimentConfig.from_toml(args.config, overrides)
-    return ExperimentConfig.from_dict(overrides)
 
 
 # -- commands ----------------------------------------------------------------------------------
@@ -72,9 +30,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.backend == "distributed":
         from byzsgd.distributed.launch import run_from_args
 
-        return run_from_args(config, args)
+        code = run_from_args(config, args)
+        if code == 0 and _diverged(out):
+            return DIVERGED
+        return code
     summary = run(config, out, resume=args.resume, overwrite=args.overwrite,
                   quiet=args.quiet)
+    if summary["status"] == "diverged":
+        return DIVERGED
     if not args.quiet:
         print(f"final test accuracy {100 * summary['final_test_accuracy']:.2f}% "
               f"(best {100 * summary['best_test_accuracy']:.2f}%), "
@@ -82,12 +45,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ``byzsgd run``'s exit code when training diverged (status "diverged" in summary.json).
+DIVERGED = 3
+
+
+def _diverged(out: Path) -> bool:
+    from byzsgd.results import read_json
+
+    path = out / "summary.json"
+    return path.exists() and read_json(path).get("status") == "diverged"
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from byzsgd.experiment import Sweep, format_table, run_sweep
     from byzsgd.plots import plot_curves, plot_heatmap
 
-    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
-    sweep = Sweep.from_toml(args.config, config_overrides(args), seeds)
+    sweep = Sweep.from_toml(args.config, config_overrides(args), args.seeds)
     table = run_sweep(sweep, args.out, jobs=args.jobs, quiet=args.quiet)
     print(format_table(table))
     out = Path(args.out)
@@ -143,9 +116,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_round(args: argparse.Namespace) -> int:
-    from byzsgd import oneround
+    from byzsgd import cli_round
 
-    return oneround.run(args)
+    return cli_round.run(args)
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
@@ -164,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run one experiment")
     p.add_argument("--config", help="TOML config file (flags override it)")
-    p.add_argument("--out", default="runs/run", help="results directory (default: runs/run)")
+    p.add_argument("--out", type=out_dir, default="runs/run",
+                   help="results directory (default: runs/run)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true",
@@ -183,11 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "sweep":
             p.add_argument("--config", required=True,
                            help="TOML file with [experiment] and [sweep] tables")
-            p.add_argument("--seeds", help="comma-separated seeds (override the file's)")
-            p.add_argument("--out", default="runs/sweep", help="results directory")
+            p.add_argument("--seeds", type=seed_list,
+                           help="comma-separated seeds (override the file's)")
+            p.add_argument("--out", type=out_dir, default="runs/sweep", help="results directory")
         else:
-            p.add_argument("--out", default=DEMO_OUT, help="results directory")
-        p.add_argument("--jobs", type=int, default=2, help="parallel processes (default 2)")
+            p.add_argument("--out", type=out_dir, default=DEMO_OUT, help="results directory")
+        p.add_argument("--jobs", type=positive_int, default=2,
+                       help="parallel processes (default 2)")
         p.add_argument("--quiet", action="store_true")
         p.add_argument("--no-plot", action="store_true", help="skip the plots")
         add_config_flags(p)
@@ -206,9 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("round", help="one round: what rule X makes of attack Y on given "
                                      "gradients (inner product, cosine, selection)")
-    from byzsgd import oneround
+    from byzsgd import cli_round
 
-    oneround.configure_parser(p)
+    cli_round.configure_parser(p)
     p.set_defaults(func=cmd_round)
 
     p = sub.add_parser("reproduce", help="run a paper's experiment (experiments/NAME.toml) "

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,68 @@ class ConfigError(ValueError):
     """An invalid configuration; the message names the field and the constraint."""
 
 
+@dataclass(frozen=True)
+class Interval:
+    """Numbers from ``low`` to ``high`` (None: unbounded); ``closed`` names the ends that
+    belong: ``both``, ``left``, ``right`` or ``neither``."""
+
+    low: float | None = None
+    high: float | None = None
+    closed: str = "both"
+
+    def __contains__(self, value: float) -> bool:
+        left = self.closed in ("both", "left")
+        right = self.closed in ("both", "right")
+        if self.low is not None and (value < self.low or (value == self.low and not left)):
+            return False
+        return self.high is None or value < self.high or (value == self.high and right)
+
+    def __str__(self) -> str:
+        left = self.closed in ("both", "left")
+        right = self.closed in ("both", "right")
+        if self.high is None:
+            return f"{'>=' if left else '>'} {self.low}"
+        if self.low is None:
+            return f"{'<=' if right else '<'} {self.high}"
+        return f"in {'[' if left else '('}{self.low}, {self.high}{']' if right else ')'}"
+
+
+@dataclass(frozen=True)
+class Options:
+    """One of the given values."""
+
+    values: tuple[Any, ...]
+
+    def __contains__(self, value: Any) -> bool:
+        return value in self.values
+
+    def __str__(self) -> str:
+        return "one of " + ", ".join(map(str, self.values))
+
+
+#: A string that is not empty.
+NONEMPTY = Interval(1)  # on the string's length
+
+#: What each config field accepts beyond its annotated type, which :func:`check_fields` reads
+#: from the annotation (``int``: an int, not a bool; ``float``: a finite int or float; ``str``;
+#: ``dict``: a table with string keys; ``X | None``: also None). Every field has an entry.
+CONSTRAINTS: dict[str, Interval | Options | None] = {
+    "dataset": NONEMPTY, "data_dir": NONEMPTY, "model": NONEMPTY, "inputs": Options(INPUTS),
+    "workers": Interval(1), "byzantine": Interval(0), "declared_f": Interval(0),
+    "aggregator": NONEMPTY, "aggregator_params": None, "pre_aggregators": None,
+    "attack": NONEMPTY,
+    "attack_params": None, "selection": Options(SELECTIONS), "knowledge": Options(KNOWLEDGE),
+    "attack_start": Interval(0), "attack_stop": Interval(0), "mode": Options(MODES),
+    "local_steps": Interval(1), "servers": Interval(1), "rounds": Interval(1),
+    "batch_size": Interval(1), "lr": Interval(0, closed="neither"),
+    "lr_schedule": Options(SCHEDULES), "lr_fading": Interval(0, closed="neither"),
+    "momentum": Interval(0, 1, closed="left"), "weight_decay": Interval(0),
+    "partition": NONEMPTY, "partition_alpha": Interval(0, closed="neither"),
+    "shards_per_worker": Interval(1), "backdoor": Options(BACKDOORS), "eval_every": Interval(1),
+    "eval_train_samples": Interval(1), "seed": Interval(0, 2**63 - 1),
+}
+
+
 def _f(default: Any, help: str, **kw: Any) -> Any:
     return field(default=default, metadata={"help": help, **kw})
 
@@ -40,27 +104,30 @@ class ExperimentConfig:
                                     "else the user cache)")
     model: str = _f("mlp", "model name (see `byzsgd list`)")
     inputs: str = _f("raw", "raw: pixel intensities in [0, 1]; standardized: minus the "
-                            "training set's per-channel mean, over its standard deviation",
-                     choices=INPUTS)
+                            "training set's per-channel mean, over its standard deviation")
     workers: int = _f(25, "n: number of workers, Byzantine ones included")
     byzantine: int = _f(5, "f: number of Byzantine workers (q of the generalized model)")
     declared_f: int | None = _f(None, "f the rule is told to tolerate (default: --byzantine)")
     aggregator: str = _f("mean", "aggregation rule (see `byzsgd list`)")
     aggregator_params: dict[str, Any] = field(default_factory=dict,
                                               metadata={"help": "rule parameters"})
+    pre_aggregators: list[Any] = field(
+        default_factory=list, metadata={"help": "pre-aggregators applied before the rule, in "
+                                        "order: names or {name = {params}} tables (nnm, "
+                                        "bucketing, clipping, arc)"})
     attack: str = _f("none", "attack name, or none (see `byzsgd list`)")
     attack_params: dict[str, Any] = field(default_factory=dict,
                                           metadata={"help": "attack parameters"})
     selection: str = _f("random", "which workers are Byzantine: random (redrawn every round) "
-                                  "or fixed (the last f)", choices=SELECTIONS)
+                                  "or fixed (the last f)")
     knowledge: str | None = _f(None, "what the attacker reads: own (its workers' honest "
                                      "gradients) or omniscient (all honest gradients); default: "
-                                     "the attack's own default", choices=KNOWLEDGE)
+                                     "the attack's own default")
     attack_start: int = _f(0, "first round with the attack on")
     attack_stop: int | None = _f(None, "first round with the attack off again (default: never)")
     mode: str = _f("gradient", "gradient: workers send gradients (Alg. 1 of Fall of Empires); "
                                "model-averaging: workers train locally and send parameters "
-                               "(Alg. 1 of A Little Is Enough)", choices=MODES)
+                               "(Alg. 1 of A Little Is Enough)")
     local_steps: int = _f(1, "local SGD steps per round in model-averaging mode")
     servers: int = _f(1, "parameter servers, each aggregating its own contiguous shard of "
                          "the parameters (Generalized Byzantine-tolerant SGD 5.5)")
@@ -68,7 +135,7 @@ class ExperimentConfig:
     batch_size: int = _f(32, "minibatch size per worker")
     lr: float = _f(0.1, "learning rate (eta_0 for the fading schedule)")
     lr_schedule: str = _f("constant", "constant, or fading: eta_0 * r / (epoch + r) "
-                                      "(Hidden Vulnerability 5.1)", choices=SCHEDULES)
+                                      "(Hidden Vulnerability 5.1)")
     lr_fading: float = _f(10000.0, "r of the fading schedule")
     momentum: float = _f(0.0, "server SGD momentum")
     weight_decay: float = _f(0.0, "L2 regularization (server SGD weight decay)")
@@ -77,7 +144,7 @@ class ExperimentConfig:
     partition_alpha: float = _f(1.0, "Dirichlet concentration for --partition dirichlet")
     shards_per_worker: int = _f(2, "label-sorted shards per worker for --partition shards")
     backdoor: str = _f("none", "backdoor task measured (and attacked by alie-backdoor): "
-                               "sample or pattern (A Little Is Enough 4.2)", choices=BACKDOORS)
+                               "sample or pattern (A Little Is Enough 4.2)")
     eval_every: int = _f(50, "evaluate (and checkpoint) every this many rounds")
     eval_train_samples: int = _f(5000, "training samples used to measure train loss")
     seed: int = _f(0, "random seed: the same config and seed give the same numbers")
@@ -130,30 +197,11 @@ class ExperimentConfig:
         training. Raises :class:`ConfigError`."""
         from byzsgd import aggregators, attacks, data, models
 
-        for f in fields(self):
-            choices = f.metadata.get("choices")
-            value = getattr(self, f.name)
-            if choices and value is not None and value not in choices:
-                raise ConfigError(f"{f.name} must be one of {', '.join(choices)}, got {value!r}")
-        _positive(self, "workers", "rounds", "batch_size", "eval_every", "local_steps",
-                  "servers", "eval_train_samples")
-        if not 0 <= self.byzantine <= self.workers:
+        check_fields(self)
+        if not self.byzantine <= self.workers:
             raise ConfigError(f"byzantine must satisfy 0 <= f <= n (workers), got "
                               f"f={self.byzantine}, n={self.workers}")
-        if self.rule_f < 0:
-            raise ConfigError(f"declared_f must be >= 0, got {self.declared_f}")
-        if self.seed < 0:
-            raise ConfigError(f"seed must be >= 0, got {self.seed}")
-        if not self.lr > 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
-        if not 0 <= self.momentum < 1:
-            raise ConfigError(f"momentum must satisfy 0 <= momentum < 1, got {self.momentum}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if not self.lr_fading > 0:
-            raise ConfigError(f"lr_fading must be > 0, got {self.lr_fading}")
-        if self.attack_start < 0 or (self.attack_stop is not None
-                                     and self.attack_stop < self.attack_start):
+        if self.attack_stop is not None and self.attack_stop < self.attack_start:
             raise ConfigError(f"attack window needs 0 <= attack_start <= attack_stop, got "
                               f"attack_start={self.attack_start}, attack_stop={self.attack_stop}")
         for name, known in (("dataset", data.names()), ("model", models.names())):
@@ -168,6 +216,12 @@ class ExperimentConfig:
                               **self.aggregator_params)
         except (ValueError, TypeError) as e:
             raise ConfigError(f"aggregator: {e}") from None
+        try:  # the chain: pre-aggregators, and parameters a bound rule sets itself
+            aggregators.bind(self.aggregator, self.rule_f, pre=self.pre_aggregators,
+                             **self.aggregator_params).check(self.workers)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"pre_aggregators: {e}" if self.pre_aggregators
+                              else f"aggregator: {e}") from None
         if self.attack != "none":
             if self.attack not in attacks.names():
                 raise ConfigError(f"unknown attack {self.attack!r}; known: none, "
@@ -189,22 +243,101 @@ class ExperimentConfig:
         return self
 
 
-def _positive(cfg: ExperimentConfig, *names: str) -> None:
-    for name in names:
-        if getattr(cfg, name) < 1:
-            raise ConfigError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+def field_types() -> dict[str, tuple[type, bool]]:
+    """Each config field's type and whether it may be None, from its annotation."""
+    hints = typing.get_type_hints(ExperimentConfig)
+    out = {}
+    for f in fields(ExperimentConfig):
+        hint = hints[f.name]
+        args = typing.get_args(hint)
+        optional = type(None) in args
+        if optional:
+            hint = next(a for a in args if a is not type(None))
+        out[f.name] = (typing.get_origin(hint) or hint, optional)
+    return out
+
+
+_KIND = {int: "an int", float: "a finite number", str: "a string",
+         dict: "a table of parameters (string keys)", list: "a list"}
+
+
+def describe(name: str) -> str:
+    """What field ``name`` accepts, in words: ``an int >= 1``, ``one of raw, standardized``."""
+    kind, optional = field_types()[name]
+    rule = CONSTRAINTS[name]
+    if isinstance(rule, Options):
+        text = str(rule)
+    elif rule is NONEMPTY and kind is str:
+        text = "a non-empty string"
+    else:
+        text = _KIND.get(kind, kind.__name__) + (f" {rule}" if rule is not None else "")
+    return text + (" or None" if optional else "")
+
+
+def _accepts(kind: type, value: Any) -> bool:
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return (isinstance(value, (int, float)) and not isinstance(value, bool)
+                and math.isfinite(value))
+    if kind is dict:
+        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+    return isinstance(value, kind)
+
+
+def check_fields(config: ExperimentConfig) -> None:
+    """Check every field's type and range (:data:`CONSTRAINTS`); the message names the field,
+    what it accepts and what it got: ``workers must be an int >= 1, got '5' (str)``."""
+    for name, (kind, optional) in field_types().items():
+        value = getattr(config, name)
+        if value is None and optional:
+            continue
+        rule = CONSTRAINTS[name]
+        ok = value is not None and _accepts(kind, value)
+        if ok and rule is not None:
+            ok = (len(value) if rule is NONEMPTY and kind is str else value) in rule
+        if not ok:
+            raise ConfigError(f"{name} must be {describe(name)}, got {value!r} "
+                              f"({type(value).__name__})")
+
+
+#: The tables a config file may hold besides the fields: ``[experiment]`` (the fields, else
+#: they are at the top level), ``[sweep]`` (``byzsgd sweep``), ``[reproduce]`` (``byzsgd
+#: reproduce``). A run reads the fields only.
+TABLES = ("experiment", "sweep", "reproduce")
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
-    """Read a TOML config; an optional ``[experiment]`` table may hold the fields."""
+    """Read a TOML config's fields: its ``[experiment]`` table, else its top level."""
+    if Path(path).is_dir():
+        raise ConfigError(f"config file {path} is a folder, not a TOML file")
     try:
         with open(path, "rb") as fh:
             values = tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config file {path}: {e}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: invalid TOML: {e}") from None
-    return dict(values.get("experiment", values))
+    return experiment_table(values, path)
+
+
+def experiment_table(values: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """The config fields of a parsed TOML file: its ``[experiment]`` table, with nothing
+    else at the top level but the other :data:`TABLES`; without that table, the top level
+    less those tables."""
+    if "experiment" not in values:
+        return {k: v for k, v in values.items() if k not in TABLES}
+    if not isinstance(values["experiment"], dict):
+        raise ConfigError(f"{path}: experiment must be a table ([experiment]), got "
+                          f"{values['experiment']!r}")
+    stray = [k for k in values if k not in TABLES]
+    if stray:
+        raise ConfigError(f"{path}: {', '.join(stray)} outside the [experiment] table: with "
+                          f"an [experiment] table, config fields go in it, and the only other "
+                          f"tables are {', '.join(f'[{t}]' for t in TABLES[1:])}")
+    return dict(values["experiment"])
 
 
 def to_toml(values: dict[str, Any]) -> str:
@@ -235,6 +368,8 @@ def _toml_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     raise TypeError(f"cannot write {type(value).__name__} to TOML: {value!r}")

@@ -24,23 +24,36 @@ def backdoor_success(logits: Tensor, targets: Tensor) -> float:
     return float((logits.argmax(dim=1) == targets).float().mean())
 
 
-def direction_diagnostics(true_direction: Tensor, aggregate: Tensor) -> dict[str, float]:
-    """How the aggregate relates to the mean correct gradient g.
+def direction_sums(true_direction: Tensor, aggregate: Tensor) -> Tensor:
+    """The float64 sums ``[<g, a>, |g|^2, |a|^2, |a - g|^2]`` of the mean correct gradient g
+    and the aggregate a, from which :func:`diagnostics_from_sums` takes the diagnostics. Sums
+    over disjoint coordinate shards add up to the sums of the whole vectors (the distributed
+    servers each sum their shard)."""
+    g = true_direction.double()
+    a = aggregate.double()
+    diff = a - g
+    return torch.stack([g @ a, g @ g, a @ a, diff @ diff])
+
+
+def diagnostics_from_sums(sums: Tensor) -> dict[str, float]:
+    """How the aggregate relates to the mean correct gradient g, from
+    :func:`direction_sums`.
 
     ``inner_product`` is <g, Aggr>, whose sign is Fall of Empires' DSSGD-Byzantine-tolerance
     criterion (Definition 4: tolerant iff <g, E[Aggr]> >= 0); ``cosine`` its normalized form;
     ``distance`` is |Aggr - g|, the quantity classic resilience bounds.
     """
-    g = true_direction.double()
-    a = aggregate.double()
-    inner = float(g @ a)
-    norms = float(g.norm()) * float(a.norm())
-    return {
-        "inner_product": inner,
-        "cosine": inner / norms if norms > 0 and math.isfinite(norms) else float("nan"),
-        "aggregate_norm": float(a.norm()),
-        "distance": float((a - g).norm()),
-    }
+    inner, gg, aa, dd = (float(v) for v in sums)
+    norms = math.sqrt(gg) * math.sqrt(aa)
+    return {"inner_product": inner,
+            "cosine": inner / norms if norms > 0 and math.isfinite(norms) else float("nan"),
+            "aggregate_norm": math.sqrt(aa), "distance": math.sqrt(dd)}
+
+
+def direction_diagnostics(true_direction: Tensor, aggregate: Tensor) -> dict[str, float]:
+    """:func:`diagnostics_from_sums` of the whole vectors: the one definition of the round's
+    direction diagnostics (simulator, distributed servers, ``byzsgd round``)."""
+    return diagnostics_from_sums(direction_sums(true_direction, aggregate))
 
 
 def byzantine_selected(selected: list[Tensor] | None, byzantine: Tensor) -> float:

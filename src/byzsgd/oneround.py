@@ -1,4 +1,5 @@
-"""One round of one rule under one attack, on given gradients (``byzsgd round``).
+"""One round of one rule under one attack, on given gradients (the library behind
+``byzsgd round``, whose command line is :mod:`byzsgd.cli_round`).
 
 For a rule and an attack on given correct gradients, report the aggregate's inner product and
 cosine with the mean correct gradient (DSSGD-Byzantine tolerance, Definition 4 of Xie et al.,
@@ -25,21 +26,16 @@ role of q, the number of Byzantine values per coordinate it must tolerate. The r
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from . import attacks as _attacks
-from ._params import parse_params
+from .metrics import direction_diagnostics
 
 if TYPE_CHECKING:
     from .aggregators import BoundRule
@@ -194,127 +190,16 @@ def evaluate(rule: str | BoundRule, attack: str | _attacks.Attack, honest: Tenso
     result = bound.select(received)
     g = honest.detach().double().mean(dim=0)
     a = result.value.detach().double()
-    ip = float(a @ g)
-    a_norm, g_norm = float(a.norm()), float(g.norm())
-    ok = a_norm > 0 and g_norm > 0 and math.isfinite(a_norm) and math.isfinite(g_norm)
-    cosine = ip / (a_norm * g_norm) if ok else float("nan")
+    diag = direction_diagnostics(g, a)
+    ip = diag["inner_product"]
     selected = None if result.selected is None else [int(i) for i in result.selected]
     byz = set(byzantine_rows)
     return RoundReport(
         rule=bound.name, rule_f=bound.f, attack=atk.name, attack_params=atk.params, n=n, h=h,
-        f=f, dimensional=atk.dimensional, inner_product=ip, cosine=cosine,
-        distance=float((a - g).norm()), aggregate_norm=a_norm, mean_norm=g_norm,
+        f=f, dimensional=atk.dimensional, inner_product=ip, cosine=diag["cosine"],
+        distance=diag["distance"], aggregate_norm=diag["aggregate_norm"],
+        mean_norm=float(g.norm()),
         selected=selected,
         byzantine_selected=None if selected is None else [i for i in selected if i in byz],
         byzantine_rows=byzantine_rows, corrupted_values=corrupted_values,
         tolerant=ip >= 0, gamma=getattr(atk, "last_gamma", None), aggregate=a, mean=g)
-
-
-# --- command line ---------------------------------------------------------------------------
-
-def load_gradients(path: str | Path) -> Tensor:
-    """A (rows, d) floating tensor from a ``.pt`` file (a saved tensor) or a ``.npy`` file."""
-    p = Path(path)
-    if p.suffix == ".pt":
-        x = torch.load(p, map_location="cpu", weights_only=True)
-        if not isinstance(x, Tensor):
-            raise ValueError(f"{p}: expected a saved tensor, got {type(x).__name__}")
-    elif p.suffix == ".npy":
-        x = torch.from_numpy(np.load(p, allow_pickle=False))
-    else:
-        raise ValueError(f"{p}: unsupported file type {p.suffix!r}; use .pt or .npy")
-    if x.dim() != 2:
-        raise ValueError(f"{p}: expected shape (rows, d), got {tuple(x.shape)} (a list of "
-                         f"scalars is shape (rows, 1))")
-    if not x.is_floating_point():
-        x = x.double()
-    return x
-
-
-def _synthetic_shape(text: str) -> tuple[int, int]:
-    try:
-        h, d = (int(t) for t in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected H,D (two integers), got {text!r}") from None
-    if h < 1 or d < 1:
-        raise argparse.ArgumentTypeError(f"H and D must be >= 1, got {text!r}")
-    return h, d
-
-
-def _data_seed(seed: int) -> int:
-    """A seed for the synthetic data, independent of the attack's stream (same ``seed``)."""
-    return int(np.random.SeedSequence([int(seed), 0x6A7A]).generate_state(1)[0])
-
-
-def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the one-round tool's flags to ``p``."""
-    p.add_argument("--aggregator", required=True, metavar="NAME",
-                   help="aggregation rule (byzsgd.aggregators.names())")
-    p.add_argument("--aggregator-param", action="append", default=[], metavar="K=V",
-                   help="rule parameter (repeatable), e.g. base=medoid")
-    p.add_argument("--attack", required=True, metavar="NAME",
-                   help="attack (byzsgd.attacks.names())")
-    p.add_argument("--attack-param", action="append", default=[], metavar="K=V",
-                   help="attack parameter (repeatable), e.g. epsilon=0.1 or bits=22,30,31,32")
-    p.add_argument("--byzantine", type=int, default=0, metavar="F",
-                   help="number of Byzantine workers f (dimensional attacks: the rule's "
-                        "per-coordinate q)")
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--gradients", metavar="FILE",
-                        help="correct gradients, (h, d), as a .pt tensor or .npy array")
-    source.add_argument("--synthetic", type=_synthetic_shape, metavar="H,D",
-                        help="draw h correct gradients of dimension d from N(mean, std^2)")
-    p.add_argument("--own", metavar="FILE",
-                   help="the Byzantine workers' honestly computed gradients, (f, d) "
-                        "(default: the first f correct rows; with --synthetic, f fresh draws)")
-    p.add_argument("--mean", type=float, default=0.1,
-                   help="--synthetic: mean of every coordinate (default 0.1)")
-    p.add_argument("--std", type=float, default=1.0,
-                   help="--synthetic: standard deviation of every coordinate (default 1)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the attack and synthetic data")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
-    return p
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run the tool with parsed ``args``; print the report; 0 on success, 2 on bad input."""
-    try:
-        f = args.byzantine
-        if f < 0:
-            raise ValueError(f"f must be an int >= 0, got {f} (--byzantine)")
-        own = load_gradients(args.own) if args.own else None
-        if args.synthetic is not None:
-            h, d = args.synthetic
-            if not (math.isfinite(args.std) and args.std >= 0 and math.isfinite(args.mean)):
-                raise ValueError("--mean must be finite and --std finite and >= 0")
-            gen = torch.Generator().manual_seed(_data_seed(args.seed))
-            draws = torch.randn((h + f, d), generator=gen, dtype=torch.float64)
-            data = (args.mean + args.std * draws).to(torch.float32)
-            honest = data[:h]
-            if own is None:
-                own = data[h:].clone()
-        else:
-            honest = load_gradients(args.gradients)
-        report = evaluate(args.aggregator, args.attack, honest, f,
-                          rule_params=parse_params(args.aggregator_param),
-                          attack_params=parse_params(args.attack_param), own=own,
-                          seed=args.seed)
-    except (ValueError, TypeError, OSError) as e:
-        print(f"byzsgd round: error: {e}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
-    else:
-        print(report.format())
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point (``python -m byzsgd.oneround``)."""
-    parser = configure_parser(argparse.ArgumentParser(
-        prog="byzsgd round", description=__doc__.splitlines()[0]))
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -38,21 +38,20 @@ config) are skipped, so an interrupted reproduction continues where it stopped.
 from __future__ import annotations
 
 import csv
-import itertools
+import dataclasses
 import math
-import multiprocessing as mp
 import os
-import re
-import shutil
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from byzsgd.config import ConfigError, ExperimentConfig
-from byzsgd.experiment import config_value, path_token, read_toml, run_job
+from byzsgd import flags
+from byzsgd.config import ConfigError
+from byzsgd.experiment import run_points
+from byzsgd.grid import Point, Sweep, Variant, config_value, fmt, mean_std, read_toml
 from byzsgd.results import read_csv, read_json, write_json
 
 #: Environment variable naming the experiments directory (else found from cwd / package).
@@ -101,27 +100,14 @@ def available(directory: Path | None = None) -> list[str]:
 
 
 @dataclass
-class Variant:
-    """A named group of config overrides (``overrides``) and axis replacements (``axes``)."""
-
-    label: str
-    overrides: dict[str, Any]
-    axes: dict[str, list[Any]]
-    quick: dict[str, Any]
-
-
-@dataclass
 class Experiment:
-    """One reproduction: a sweep with its [reproduce] description."""
+    """One reproduction: a grid (``sweep``: ``[experiment]``, ``[sweep]`` and the variants)
+    with its ``[reproduce]`` description (``info``)."""
 
     name: str
     path: Path
-    base: dict[str, Any]
-    axes: dict[str, list[Any]]
-    seeds: list[int]
-    params: dict[str, dict[str, Any]]
+    sweep: Sweep
     info: dict[str, Any]
-    variants: list[Variant] = field(default_factory=list)
 
     @property
     def title(self) -> str:
@@ -149,167 +135,19 @@ def load(name: str, directory: Path | None = None) -> Experiment:
     if "reproduce" not in raw:
         raise ConfigError(f"{path}: no [reproduce] table (not a reproduction experiment)")
     info = dict(raw["reproduce"])
-    grid = dict(raw.get("sweep", {}))
-    params = grid.pop("params", {})
-    seeds = list(grid.pop("seeds", [0]))
-    known = set(ExperimentConfig.field_names())
-    for key, value in grid.items():
-        if key not in known or not isinstance(value, list):
-            raise ConfigError(f"{path}: [sweep] {key} must be a config field with a list")
-    variants = []
-    for v in info.pop("variants", []):
-        v = dict(v)
-        label = str(v.pop("label", ""))
-        quick = dict(v.pop("quick", {}))
-        axes = {k: val for k, val in v.items() if isinstance(val, list)}
-        overrides = {k: val for k, val in v.items() if not isinstance(val, list)}
-        unknown = sorted(set(v) - known)
-        if unknown:
-            raise ConfigError(f"{path}: variant {label!r}: unknown field(s) {unknown}")
-        variants.append(Variant(label, overrides, axes, quick))
+    variants = tuple(Variant.from_table(v, str(path)) for v in info.pop("variants", []))
     info["paper_values"] = info.pop("paper", {}) if isinstance(info.get("paper"), dict) \
         else info.pop("paper_values", {})
-    return Experiment(path.stem, path, dict(raw.get("experiment", {})), grid, seeds, params,
-                      info, variants)
-
-
-# -- the grid -----------------------------------------------------------------------------------
-
-@dataclass
-class Point:
-    """One run: its directory name, table row label, and config."""
-
-    name: str
-    row: str
-    config: ExperimentConfig
-
-
-def _resolve_data_dir(value: str | None, root: Path) -> str | None:
-    """A relative data_dir is taken relative to the current directory if it exists there,
-    else to the repository root (where the committed configs' ``../shared/data`` points)."""
-    if value is None or Path(value).is_absolute():
-        return value
-    for base in (Path.cwd(), root):
-        if (base / value).exists():
-            return str((base / value).resolve())
-    return str((root / value).resolve())
-
-
-def _slug(text: str) -> str:
-    """A file-name-safe form of a label: ``krum (30 + 27)`` -> ``krum_30+27``."""
-    return re.sub(r"_+", "_", re.sub(r"[^A-Za-z0-9.=+-]", "_", text)).strip("_")
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float) and value.is_integer() and abs(value) < 1e6:
-        return str(int(value)) if abs(value) >= 1 else f"{value:g}"
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    sweep = dataclasses.replace(Sweep.from_toml(path), variants=variants)
+    return Experiment(path.stem, path, sweep, info)
 
 
 def points(exp: Experiment, *, quick: bool = False, seeds: Sequence[int] | None = None
            ) -> list[Point]:
-    """Every run of the experiment (all variants x axes x seeds), configs resolved."""
-    quick_values = dict(exp.info.get("quick", {})) if quick else {}
-    run_seeds = list(seeds) if seeds is not None else (
-        list(quick_values.pop("seeds", exp.seeds[:1])) if quick else exp.seeds)
-    quick_values.pop("seeds", None)
-    root = exp.path.resolve().parent.parent
-    out: list[Point] = []
-    for variant in exp.variants or [Variant("", {}, {}, {})]:
-        axes = {**exp.axes, **variant.axes}
-        values = {**exp.base, **variant.overrides}
-        for key, value in {**quick_values, **(variant.quick if quick else {})}.items():
-            if key in axes and isinstance(value, list):
-                axes[key] = value
-            else:
-                values[key] = value
-                axes.pop(key, None)
-        values["data_dir"] = _resolve_data_dir(values.get("data_dir"), root)
-        base = ExperimentConfig.from_dict(values)
-        keys = list(axes)
-        for combo in itertools.product(*(axes[k] for k in keys)):
-            changes = dict(zip(keys, combo, strict=True))
-            row_parts = [_fmt(v) if k in ("aggregator", "attack") else f"{k}={_fmt(v)}"
-                         for k, v in changes.items()]
-            if variant.label:
-                row_parts.append(variant.label)
-            row = " / ".join(row_parts) or exp.name
-            for seed in run_seeds:
-                cfg = base.replace(**changes, seed=seed)
-                # per-name [sweep.params] override the base config, a variant's own
-                # parameters override both
-                own = variant.overrides
-                cfg = cfg.replace(
-                    aggregator_params={**cfg.aggregator_params,
-                                       **exp.params.get(cfg.aggregator, {}),
-                                       **own.get("aggregator_params", {})},
-                    attack_params={**cfg.attack_params, **exp.params.get(cfg.attack, {}),
-                                   **own.get("attack_params", {})})
-                parts = ([_slug(variant.label)] if variant.label else []) + \
-                    [f"{k}={path_token(v)}" for k, v in changes.items()] + [f"seed={seed}"]
-                out.append(Point("__".join(parts), row, cfg))
-    names = [p.name for p in out]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"{exp.path}: two runs share a name; give variants distinct labels")
-    return out
-
-
-# -- running ------------------------------------------------------------------------------------
-
-def _state(run: Path, config: ExperimentConfig) -> str:
-    """``complete``, ``partial`` (same config, resumable), ``stale`` (another config) or
-    ``new``."""
-    summary = run / "summary.json"
-    if not summary.exists():
-        return "new"
-    try:
-        done = read_json(summary)
-    except (OSError, ValueError):
-        return "stale"
-    if done.get("config") != config.to_json():
-        return "stale"
-    return "complete" if done.get("status") == "complete" else "partial"
-
-
-def _cost(cfg: ExperimentConfig) -> float:
-    """A rough relative cost, to start the longest runs first."""
-    return cfg.rounds * cfg.workers * cfg.batch_size * (cfg.local_steps or 1)
-
-
-def run_points(pts: list[Point], out: Path, *, jobs: int = 1, quiet: bool = False,
-               threads: int | None = None) -> int:
-    """Run the points not complete yet (longest first, ``jobs`` processes of ``threads``
-    torch threads each, default cores / jobs); returns how many ran."""
-    for p in pts:
-        p.config.validate()
-    todo = sorted((p for p in pts if _state(out / p.name, p.config) != "complete"),
-                  key=lambda p: -_cost(p.config))
-    if not quiet:
-        print(f"reproduce: {len(pts)} runs, {len(pts) - len(todo)} already complete, "
-              f"{len(todo)} to run with {jobs} process(es)", flush=True)
-    for p in todo:  # a run of an older version of the experiment's config: start over
-        if _state(out / p.name, p.config) == "stale":
-            if not quiet:
-                print(f"  {p.name}: config changed since the last run; starting it over")
-            shutil.rmtree(out / p.name)
-    if threads is None:
-        threads = max(1, (os.cpu_count() or 1) // max(jobs, 1))
-    args = [(p.name, p.config.to_dict(), str(out / p.name), threads) for p in todo]
-
-    def report(i: int, name: str, summary: dict[str, Any]) -> None:
-        if not quiet:
-            acc = summary.get("final_test_accuracy")
-            print(f"  [{i}/{len(args)}] {name}: final test accuracy "
-                  f"{'n/a' if acc is None else f'{100 * acc:.2f}%'}", flush=True)
-
-    if jobs <= 1 or len(args) <= 1:
-        for i, job in enumerate(args, 1):
-            report(i, *run_job(job))
-    else:
-        with mp.get_context("spawn").Pool(min(jobs, len(args))) as pool:
-            for i, (name, summary) in enumerate(pool.imap_unordered(run_job, args), 1):
-                report(i, name, summary)
-    return len(todo)
+    """Every run of the experiment (all variants x axes x seeds), configs resolved; a
+    relative ``data_dir`` is resolved against the experiments' checkout."""
+    return exp.sweep.points(quick=dict(exp.info.get("quick", {})) if quick else None,
+                            seeds=seeds, data_root=exp.path.resolve().parent.parent)
 
 
 # -- measuring ----------------------------------------------------------------------------------
@@ -349,18 +187,7 @@ def run_metrics(run: Path) -> dict[str, float]:
 
 def summarize(pts: list[Point], out: Path, columns: list[str]) -> list[dict[str, Any]]:
     """One row per table row label: mean and std over seeds of each column."""
-    groups: dict[str, list[dict[str, float]]] = {}
-    for p in pts:
-        groups.setdefault(p.row, []).append(run_metrics(out / p.name))
-    table = []
-    for row, runs in groups.items():
-        entry: dict[str, Any] = {"row": row, "seeds": len(runs)}
-        for c in columns:
-            values = [r[c] for r in runs if not math.isnan(r[c])]
-            entry[f"{c}_mean"] = statistics.fmean(values) if values else float("nan")
-            entry[f"{c}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
-        table.append(entry)
-    return table
+    return mean_std(pts, lambda p: {"row": p.row}, lambda p: run_metrics(out / p.name), columns)
 
 
 def _cell(entry: dict[str, Any], column: str) -> str:
@@ -407,7 +234,7 @@ def make_plot(exp: Experiment, pts: list[Point], out: Path, table: list[dict[str
         groups: dict[str, dict[str, list[Path]]] = {}
         for p in pts:
             panel = ("" if panel_key is None
-                     else f"{panel_key}={_fmt(config_value(p.config, panel_key))}")
+                     else f"{panel_key}={fmt(config_value(p.config, panel_key))}")
             label = " / ".join(part for part in p.row.split(" / ") if part != panel) or p.row
             groups.setdefault(panel, {}).setdefault(label, []).append(out / p.name)
         return plots.plot_run_groups(groups, path, metric=spec.get("metric", "test_accuracy"),
@@ -424,7 +251,7 @@ def make_plot(exp: Experiment, pts: list[Point], out: Path, table: list[dict[str
                 continue
             seen.add(p.row)
             e = by_row[p.row]
-            name = _fmt(config_value(p.config, series_key))
+            name = fmt(config_value(p.config, series_key))
             series.setdefault(name, []).append(
                 (float(config_value(p.config, x_key)), e[f"{column}_mean"], e[f"{column}_std"]))
         scale = 100.0 if METRICS.get(column, ("", ""))[1] == "pct" else 1.0
@@ -462,10 +289,10 @@ def reproduce(name: str, *, quick: bool = False, seeds: int | None = None, jobs:
     exp = load(name, directory)
     out_dir = Path(out) if out else Path("runs") / "reproduce" / (
         exp.name + ("-quick" if quick else ""))
-    out_dir.mkdir(parents=True, exist_ok=True)
     pts = points(exp, quick=quick, seeds=None if seeds is None else list(range(seeds)))
     tic = time.perf_counter()
-    executed = run_points(pts, out_dir, jobs=jobs, quiet=quiet, threads=threads)
+    executed = run_points(pts, out_dir, jobs=jobs, quiet=quiet, threads=threads,
+                          what="reproduce")
     wall = time.perf_counter() - tic
     table = summarize(pts, out_dir, exp.columns)
     with open(out_dir / "table.csv", "w", newline="") as fh:
@@ -514,11 +341,14 @@ def configure_parser(p: Any) -> None:
     p.add_argument("--list", action="store_true", help="list the experiments and exit")
     p.add_argument("--quick", action="store_true",
                    help="the minutes-long smoke-test version of the same experiment")
-    p.add_argument("--seeds", type=int, help="number of seeds (0..K-1; default: the file's)")
-    p.add_argument("--jobs", type=int, default=2, help="parallel processes (default 2)")
-    p.add_argument("--out", help="results directory (default runs/reproduce/NAME[-quick]; "
-                                 "with several names, a parent directory)")
-    p.add_argument("--threads", type=int,
+    p.add_argument("--seeds", type=flags.positive_int,
+                   help="number of seeds (0..K-1; default: the file's)")
+    p.add_argument("--jobs", type=flags.positive_int, default=2,
+                   help="parallel processes (default 2)")
+    p.add_argument("--out", type=flags.out_dir,
+                   help="results directory (default runs/reproduce/NAME[-quick]; with several "
+                        "names, a parent directory)")
+    p.add_argument("--threads", type=flags.positive_int,
                    help="torch threads per process (default: cores / jobs)")
     p.add_argument("--quiet", action="store_true")
 

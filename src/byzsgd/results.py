@@ -49,8 +49,30 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read: damaged, empty, or not a byzsgd checkpoint."""
+
+
+#: What every checkpoint holds (the trainers add their own entries: theta, server, ...).
+CHECKPOINT_KEYS = ("config", "round", "theta", "best", "elapsed", "history")
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    return torch.load(path, weights_only=False)
+    """A checkpoint written by :func:`save_checkpoint`, read with ``weights_only=True``:
+    tensors and plain values only, so a crafted file cannot run code. Anything else (a
+    damaged, empty or foreign file) raises :class:`CheckpointError` naming the file."""
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception as e:  # torch raises many kinds of error for a bad file
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path} is damaged or not a byzsgd checkpoint ({why}); "
+                              f"delete it and pass --overwrite to start the run over") from None
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"{path} is not a byzsgd checkpoint (it lacks "
+                              f"{', '.join(missing)}); delete it and pass --overwrite to "
+                              f"start the run over")
+    return state
 
 
 class CsvLog:
@@ -81,20 +103,32 @@ def _fmt(value: Any) -> Any:
 
 
 def truncate_rows(path: Path, below: int) -> None:
-    """Keep the header and the rows with ``round < below`` (resuming from a checkpoint must
-    not duplicate the rows written after it)."""
+    """Keep the header and the whole rows with ``round < below`` (resuming from a checkpoint
+    must not duplicate the rows written after it; a row cut short by a kill, without its line
+    end or its last fields, is dropped)."""
     if not path.exists():
         return
-    with open(path, newline="") as fh:
-        rows = list(csv.reader(fh))
+    text = path.read_text()
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]  # the last line was cut mid-row
+    rows = list(csv.reader(text.splitlines()))
     if not rows:
+        path.write_text("")
         return
     col = rows[0].index("round")
-    kept = [rows[0]] + [r for r in rows[1:] if r and int(r[col]) < below]
+    kept = [rows[0]] + [r for r in rows[1:]
+                        if len(r) == len(rows[0]) and _round(r[col]) < below]
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="") as fh:
         csv.writer(fh).writerows(kept)
     os.replace(tmp, path)
+
+
+def _round(value: str) -> float:
+    try:
+        return int(value)
+    except ValueError:
+        return math.inf  # a damaged row: dropped
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

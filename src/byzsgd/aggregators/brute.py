@@ -5,11 +5,15 @@ from __future__ import annotations
 import itertools
 import math
 from functools import cmp_to_key
+from numbers import Integral
 
 import torch
 from torch import Tensor
 
-from ._base import Aggregation, as_gradients, check_f, require
+from byzsgd.constraints import Interval
+
+from ._base import P_NORM, Aggregation, as_gradients, check_f, require
+from ._registry import register
 from ._rows import compare_rows
 from .distances import Geometry, geometry
 
@@ -98,6 +102,15 @@ def _value_classes(rows: Tensor, index: Tensor | None, n: int) -> list[int]:
     return classes
 
 
+def brute_selection(geo: Geometry, f: int, **_: object) -> Tensor:
+    """The n - f rows Brute averages, from the geometry alone."""
+    return smallest_diameter_subset(geo.sqdist, f, rows=geo.rows)
+
+
+@register("brute", summary="mean of the n - f vectors of smallest diameter, El Mhamdi et al. 2.3.1",
+          selects_rows=True, selection=brute_selection,
+          constraints={"p": P_NORM, "max_subsets": [Interval(Integral, 1, None, closed="left")]},
+          requires=check_brute)
 def brute_select(gradients: Tensor, f: int, *, p: float = 2.0,
                  max_subsets: int = 1_000_000) -> Aggregation:
     """Brute: the mean of the n - f vectors whose subset has the smallest diameter in the
@@ -108,8 +121,3 @@ def brute_select(gradients: Tensor, f: int, *, p: float = 2.0,
     geo = geometry(x, p)
     chosen = brute_selection(geo, f)
     return Aggregation(geo.mean(x, chosen), chosen)
-
-
-def brute_selection(geo: Geometry, f: int, **_: object) -> Tensor:
-    """The n - f rows Brute averages, from the geometry alone."""
-    return smallest_diameter_subset(geo.sqdist, f, rows=geo.rows)

@@ -3,14 +3,19 @@ Enough)."""
 
 from __future__ import annotations
 
+from numbers import Integral
+
 import torch
 from torch import Tensor
 
-from ._base import Aggregation, as_gradients, check_f, require
+from byzsgd.constraints import Interval, Options
+
+from ._base import P_NORM, Aggregation, as_gradients, check_f, require
 from ._orderstats import coordinate_mean_around_median
+from ._registry import register
 from .brute import check_brute, smallest_diameter_subset
 from .distances import Geometry, argmin_settled, geometry
-from .geomed import medoid_order, squared_distances_to_combination, weiszfeld
+from .geomed import WEISZFELD, medoid_order, squared_distances_to_combination, weiszfeld
 from .krum import krum_scores_order
 
 BASES = ("krum", "medoid", "geomed", "brute")
@@ -20,10 +25,10 @@ TIE_RTOL = 1e-6
 
 def check_bulyan(n: int, f: int, base: str = "krum", p: float = 2.0,
                  max_subsets: int = 1_000_000) -> None:
+    """Bulyan's precondition and what it implies for its base (``base`` itself is a
+    declared constraint)."""
     check_f("bulyan", n, f)
     require("bulyan", n >= 4 * f + 3, "n >= 4f + 3", n, f)
-    if base not in BASES:
-        raise ValueError(f"bulyan: unknown base rule {base!r}; choose one of {', '.join(BASES)}")
     if base == "geomed" and p != 2:
         raise ValueError(f"bulyan: base 'geomed' is Euclidean, it needs p=2, got p={p}")
     if base == "brute":
@@ -95,6 +100,13 @@ def bulyan_selection(geo: Geometry, f: int, *, base: str = "krum", tol: float = 
     return torch.sort(torch.tensor(selection, dtype=torch.long)).values
 
 
+@register("bulyan",
+          summary="Bulyan(A): iterate A to select n - 2f, then trimmed mean around median",
+          selects_rows=True, selection=bulyan_selection,
+          # base's own parameters are validated against base's constraints
+          constraints={"base": [Options(BASES)], "p": P_NORM, **WEISZFELD,
+                       "max_subsets": [Interval(Integral, 1, None, closed="left")]},
+          requires=check_bulyan)
 def bulyan_select(gradients: Tensor, f: int, *, base: str = "krum", p: float = 2.0,
                   tol: float = 1e-6, max_iter: int = 200,
                   max_subsets: int = 1_000_000) -> Aggregation:

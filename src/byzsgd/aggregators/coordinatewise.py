@@ -7,7 +7,11 @@ arbitrary, not only whole rows.
 
 from __future__ import annotations
 
+from numbers import Integral
+
 from torch import Tensor
+
+from byzsgd.constraints import Interval
 
 from ._base import Aggregation, as_gradients, check_f, require
 from ._orderstats import (
@@ -15,12 +19,14 @@ from ._orderstats import (
     coordinate_median,
     coordinate_trimmed_mean,
 )
+from ._registry import register
 
 
 def check_mean(n: int, f: int) -> None:
     check_f("mean", n, f)
 
 
+@register("mean", summary="arithmetic mean (no defense)", requires=check_mean)
 def mean_select(gradients: Tensor, f: int = 0) -> Aggregation:
     """Arithmetic mean of the n rows; no robustness (a single Byzantine row controls it)."""
     x = as_gradients(gradients, "mean")
@@ -33,6 +39,8 @@ def check_median(n: int, f: int) -> None:
     require("median", n >= 2 * f + 1, "n >= 2f + 1 (a majority of correct values)", n, f)
 
 
+@register("median", summary="coordinate-wise (marginal) median, Xie et al. Def. 7",
+          requires=check_median)
 def median_select(gradients: Tensor, f: int) -> Aggregation:
     """Coordinate-wise (marginal) median.
 
@@ -51,6 +59,9 @@ def check_trimmed_mean(n: int, f: int) -> None:
     require("trimmed-mean", n > 2 * f, "n > 2f (values must remain after trimming)", n, f)
 
 
+@register("trimmed-mean",
+          summary="per coordinate, drop the f largest and f smallest (Yin et al.)",
+          requires=check_trimmed_mean)
 def trimmed_mean_select(gradients: Tensor, f: int) -> Aggregation:
     """Per coordinate, drop the f largest and f smallest values and average the rest.
 
@@ -62,12 +73,16 @@ def trimmed_mean_select(gradients: Tensor, f: int) -> Aggregation:
 
 
 def check_meamed(n: int, f: int, keep: int | None = None) -> None:
+    """MeaMed's precondition, and ``keep <= n`` (``keep >= 1`` is a declared constraint)."""
     check_f("meamed", n, f)
     require("meamed", n >= 2 * f + 1, "n >= 2f + 1 (a majority of correct values)", n, f)
     if keep is not None:
         require("meamed", 1 <= keep <= n, "1 <= keep <= n", n, f, keep=keep)
 
 
+@register("meamed", summary="mean of the n - f values nearest the median, Xie et al. Def. 8",
+          constraints={"keep": [Interval(Integral, 1, None, closed="left"), None]},
+          requires=check_meamed)
 def meamed_select(gradients: Tensor, f: int, keep: int | None = None) -> Aggregation:
     """Mean around median: per coordinate, the mean of the ``keep`` values nearest the median.
 

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import math
+from numbers import Integral, Real
+
 import numpy as np
 import torch
 from torch import Tensor
 
-from ._base import Aggregation, as_gradients, check_f, require
+from byzsgd.constraints import Interval
+
+from ._base import P_NORM, Aggregation, as_gradients, check_f, require
+from ._registry import register
 from .distances import Geometry, geometry, rank_by_sum
+
+#: Weiszfeld's relative tolerance and iteration cap (geomed, and Bulyan with base geomed).
+WEISZFELD = {"tol": [Interval(Real, 0, math.inf, closed="neither")],
+             "max_iter": [Interval(Integral, 1, None, closed="left")]}
 
 
 def weiszfeld(gram: Tensor, members: Tensor, *, tol: float = 1e-6, max_iter: int = 200,
@@ -83,15 +93,13 @@ def squared_distances_to_combination(gram: Tensor, alpha: Tensor) -> Tensor:
     return (a @ g_alpha[support] - 2.0 * g_alpha + gram.diagonal()).clamp_(min=0.0)
 
 
-def check_geomed(n: int, f: int, tol: float = 1e-6, max_iter: int = 200) -> None:
+def check_geomed(n: int, f: int) -> None:
     check_f("geomed", n, f)
     require("geomed", n >= 2 * f + 1, "n >= 2f + 1 (a majority of correct vectors)", n, f)
-    if not tol > 0:
-        raise ValueError(f"geomed needs tol > 0, got tol={tol}")
-    if max_iter < 1:
-        raise ValueError(f"geomed needs max_iter >= 1, got max_iter={max_iter}")
 
 
+@register("geomed", summary="geometric median (Weiszfeld), Xie et al. Def. 6",
+          constraints=WEISZFELD, requires=check_geomed)
 def geomed_select(gradients: Tensor, f: int, *, tol: float = 1e-6,
                   max_iter: int = 200) -> Aggregation:
     """Geometric median: argmin_z sum_i |z - x_i| (Definition 6 of Xie et al., Generalized
@@ -101,7 +109,7 @@ def geomed_select(gradients: Tensor, f: int, *, tol: float = 1e-6,
     overflowing norm) are left out; fewer than n/2 of them cannot move the result far
     (Theorem 3)."""
     x = as_gradients(gradients, "geomed")
-    check_geomed(x.shape[0], f, tol, max_iter)
+    check_geomed(x.shape[0], f)
     geo = geometry(x)
     assert geo.gram is not None
     members = torch.nonzero(geo.valid, as_tuple=True)[0]
@@ -116,6 +124,14 @@ def check_medoid(n: int, f: int) -> None:
     require("medoid", n >= 2 * f + 1, "n >= 2f + 1 (a majority of correct vectors)", n, f)
 
 
+def medoid_selection(geo: Geometry, f: int, **_: object) -> Tensor:
+    """The row the Medoid selects, from the geometry alone."""
+    return medoid_order(geo, rows=geo.rows)[:1]
+
+
+@register("medoid", summary="the input vector with the least sum of distances, Xie et al. Def. 9",
+          selects_rows=True, selection=medoid_selection, constraints={"p": P_NORM},
+          requires=check_medoid)
 def medoid_select(gradients: Tensor, f: int, *, p: float = 2.0) -> Aggregation:
     """Medoid: the input vector with the least sum of distances to the others (Definition 9 of
     Xie et al.; "GeoMed" in Hidden Vulnerability 2.3.3). Rows of equal sum are told apart by
@@ -125,13 +141,6 @@ def medoid_select(gradients: Tensor, f: int, *, p: float = 2.0) -> Aggregation:
     check_medoid(x.shape[0], f)
     best = medoid_selection(geometry(x, p), f)
     return Aggregation(x[int(best[0])].clone(), best)
-
-
-def medoid_selection(geo: Geometry, f: int, **_: object) -> Tensor:
-    """The row the Medoid selects, from the geometry alone."""
-    return medoid_order(geo, rows=geo.rows)[:1]
-
-
 def medoid_order(geo: Geometry, members: Tensor | None = None, *, cut: int = 1,
                  rows: Tensor | None = None) -> Tensor:
     """Positions in ``members`` (all rows when None) ordered by their sum of distances to the

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from numbers import Integral
+
 import numpy as np
 import torch
 from torch import Tensor
 
-from ._base import Aggregation, as_gradients, check_f, require
+from byzsgd.constraints import Interval
+
+from ._base import P_NORM, Aggregation, as_gradients, check_f, require
+from ._registry import register
 from .distances import Geometry, geometry, rank_by_sum
 
 
@@ -41,6 +46,14 @@ def check_krum(n: int, f: int) -> None:
     require("krum", n >= 2 * f + 3, "n >= 2f + 3", n, f)
 
 
+def krum_selection(geo: Geometry, f: int, **_: object) -> Tensor:
+    """The row Krum selects, from the geometry alone."""
+    return krum_scores_order(geo.sqdist, f, cut=1, rows=geo.rows)[:1]
+
+
+@register("krum", summary="the vector with the least squared distance to its n - f - 2 nearest",
+          selects_rows=True, selection=krum_selection, constraints={"p": P_NORM},
+          requires=check_krum)
 def krum_select(gradients: Tensor, f: int, *, p: float = 2.0) -> Aggregation:
     """Krum: the input vector with the least sum of squared distances to its n - f - 2
     nearest neighbours (Blanchard et al.; Definition 3 of Xie et al., Generalized
@@ -54,18 +67,26 @@ def krum_select(gradients: Tensor, f: int, *, p: float = 2.0) -> Aggregation:
     return Aggregation(x[int(best[0])].clone(), best)
 
 
-def krum_selection(geo: Geometry, f: int, **_: object) -> Tensor:
-    """The row Krum selects, from the geometry alone."""
-    return krum_scores_order(geo.sqdist, f, cut=1, rows=geo.rows)[:1]
-
-
 def check_multi_krum(n: int, f: int, m: int | None = None) -> None:
+    """Multi-Krum's precondition, and ``m <= n`` (``m >= 1`` is a declared constraint)."""
     check_f("multi-krum", n, f)
     require("multi-krum", n >= 2 * f + 3, "n >= 2f + 3", n, f)
     if m is not None:
         require("multi-krum", 1 <= m <= n, "1 <= m <= n", n, f, m=m)
 
 
+def multi_krum_selection(geo: Geometry, f: int, *, m: int | None = None,
+                         **_: object) -> Tensor:
+    """The m rows (sorted) Multi-Krum averages, from the geometry alone."""
+    n = geo.sqdist.shape[0]
+    m = n - f if m is None else m
+    return torch.sort(krum_scores_order(geo.sqdist, f, cut=m, rows=geo.rows)[:m]).values
+
+
+@register("multi-krum", summary="mean of the m vectors with the best Krum scores",
+          selects_rows=True, selection=multi_krum_selection,
+          constraints={"m": [Interval(Integral, 1, None, closed="left"), None], "p": P_NORM},
+          requires=check_multi_krum)
 def multi_krum_select(gradients: Tensor, f: int, *, m: int | None = None,
                       p: float = 2.0) -> Aggregation:
     """Multi-Krum: the mean of the ``m`` vectors with the best Krum scores (Blanchard et al.),
@@ -77,11 +98,3 @@ def multi_krum_select(gradients: Tensor, f: int, *, m: int | None = None,
     geo = geometry(x, p)
     chosen = multi_krum_selection(geo, f, m=m)
     return Aggregation(geo.mean(x, chosen), chosen)
-
-
-def multi_krum_selection(geo: Geometry, f: int, *, m: int | None = None,
-                         **_: object) -> Tensor:
-    """The m rows (sorted) Multi-Krum averages, from the geometry alone."""
-    n = geo.sqdist.shape[0]
-    m = n - f if m is None else m
-    return torch.sort(krum_scores_order(geo.sqdist, f, cut=m, rows=geo.rows)[:m]).values

@@ -18,12 +18,16 @@ what it reads), ``supported_knowledge``, ``dimensional`` and ``params``.
   Byzantine-tolerant SGD) are called with ``gradients=`` (n, d) and ``generator=`` and
   return ``(corrupted, mask)``.
 
-Invalid parameters raise ``ValueError`` naming the parameter and the constraint.
+Invalid parameters raise ``ValueError`` naming the parameter and the constraint; each attack
+declares them (``constraints``, :mod:`byzsgd.constraints`). An attack is a module of this
+package whose classes register themselves with :func:`register`; the package imports every
+module at start-up, so there is no table to edit, and a user's attack registers the same way.
 """
 
 from __future__ import annotations
 
-import inspect
+import importlib
+import pkgutil
 
 from ._base import (
     KNOWLEDGE,
@@ -33,11 +37,18 @@ from ._base import (
     Context,
     DimensionalAttack,
 )
-from .alie import Alie, AlieBackdoor, alie_z_max
-from .dimensional import BitFlip, Gambler, flip_bits
-from .ipm import InnerProductManipulation
-from .leeway import Linf, LpCoordinate
-from .simple import Gaussian, LabelFlip, Omniscient, SignFlip
+from ._registry import names, register, spec
+
+# Every public module of the package registers its attacks when imported.
+for _module in pkgutil.iter_modules(__path__):
+    if not _module.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_module.name}")
+
+from .alie import Alie, AlieBackdoor, alie_z_max  # noqa: E402
+from .dimensional import BitFlip, Gambler, flip_bits  # noqa: E402
+from .ipm import InnerProductManipulation  # noqa: E402
+from .leeway import Linf, LpCoordinate  # noqa: E402
+from .simple import Gaussian, LabelFlip, Omniscient, SignFlip  # noqa: E402
 
 __all__ = [
     "KNOWLEDGE",
@@ -63,49 +74,31 @@ __all__ = [
     "flip_bits",
     "get",
     "names",
+    "register",
+    "spec",
 ]
-
-_CLASSES: list[type[Attack]] = [
-    Gaussian, Omniscient, SignFlip, LabelFlip, InnerProductManipulation, Alie, AlieBackdoor,
-    LpCoordinate, Linf, BitFlip, Gambler,
-]
-_REGISTRY: dict[str, type[Attack]] = {c.name: c for c in _CLASSES}
-
-
-def names() -> list[str]:
-    """Registered attack names."""
-    return list(_REGISTRY)
-
-
-def _cls(name: str) -> type[Attack]:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown attack {name!r}; known attacks: "
-                         f"{', '.join(names())}") from None
 
 
 def defaults(name: str) -> dict[str, object]:
     """The parameters of attack ``name`` and their defaults."""
-    return {p.name: p.default
-            for p in inspect.signature(_cls(name).__init__).parameters.values()
-            if p.name != "self"}
+    return spec(name).defaults()
 
 
 def describe(name: str) -> str:
     """A one-line description of attack ``name`` with its source."""
-    return _cls(name).summary
+    return spec(name).summary
 
 
 def get(name: str, **params: object) -> Attack:
     """A new instance of attack ``name`` configured with ``params``.
 
-    Unknown names or parameters raise ``ValueError`` listing what is accepted.
+    Unknown names or parameters, and values outside the declared constraints, raise
+    ``ValueError`` naming what is accepted.
     """
-    cls = _cls(name)
-    accepted = defaults(name)
+    attack = spec(name)
+    accepted = attack.defaults()
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         raise ValueError(f"{name}: unknown parameter(s) {', '.join(unknown)}; {name} accepts: "
                          f"{', '.join(sorted(accepted)) or 'none'}")
-    return cls(**params)  # type: ignore[arg-type]
+    return attack(**params)

@@ -5,7 +5,7 @@ Two threat models (Xie et al., Generalized Byzantine-tolerant SGD, Section 3):
 * **classic** (Definition 1 of Fall of Empires): f whole rows are Byzantine. A
   :class:`ClassicAttack` is called with keywords ``honest=`` (the h correct gradients of this
   round, (h, d)), ``own=`` (the gradients the f Byzantine workers computed honestly, (f, d)),
-  ``f=``, ``n=``, ``rule=`` (the deployed :class:`~byzsgd.aggregators.BoundRule`),
+  ``f=``, ``n=``, ``rule=`` (the deployed :class:`~byzsgd.aggregators.Rule`),
   ``generator=`` and, for backdoors, ``backdoor_loss=``; it returns a NEW (f, d) tensor of the
   Byzantine rows, in the dtype of ``honest`` (of ``own`` when ``honest`` is absent). It never
   changes its inputs. ``f = 0`` returns an empty (0, d) tensor.
@@ -29,13 +29,16 @@ import dataclasses
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from numbers import Real
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor
 
+from byzsgd.constraints import Constraint, Interval, Options, validate
+
 if TYPE_CHECKING:
-    from byzsgd.aggregators import BoundRule
+    from byzsgd.aggregators import Rule
 
 KNOWLEDGE = ("omniscient", "own", "none")
 
@@ -101,7 +104,7 @@ class Context:
     n: int | None = None
     honest: Tensor | None = None
     own: Tensor | None = None
-    rule: BoundRule | None = None
+    rule: Rule | None = None
     generator: torch.Generator | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     #: Where the caller wants the (f, d) rows written (None: a new tensor).
@@ -138,23 +141,54 @@ class Context:
         return repeated.clone() if self.out is None else self.out.copy_(repeated)
 
 
+#: A finite real number (any sign).
+FINITE: list[Constraint] = [Interval(Real, None, None, closed="neither")]
+
+
 class Attack:
     """Base class of all attacks. Subclasses set the class attributes below.
 
     ``name`` is the registry name, ``summary`` a one-line description with its source,
     ``dimensional`` whether it follows the generalized (value-wise) model,
-    ``supported_knowledge`` the knowledge settings it implements (the first is the default).
+    ``supported_knowledge`` the knowledge settings it implements (the first is the default),
+    ``constraints`` the accepted values of each constructor parameter
+    (:mod:`byzsgd.constraints`; ``knowledge`` is declared here). Constructor parameters are
+    keyword-only and checked against the constraints before ``__init__`` runs; conditions
+    between parameters stay in ``__init__``.
     """
 
     name: ClassVar[str] = "attack"
     summary: ClassVar[str] = ""
     dimensional: ClassVar[bool] = False
     supported_knowledge: ClassVar[tuple[str, ...]] = ("none",)
+    constraints: ClassVar[dict[str, list[Constraint]]] = {}
+
+    def __new__(cls, *args: Any, **params: Any) -> Attack:
+        if args:  # an unregistered subclass may take positional parameters
+            try:
+                named = inspect.signature(cls.__init__).bind_partial(None, *args, **params)
+            except TypeError:
+                named = None  # __init__ will say what is wrong
+            if named is not None:
+                params = dict(list(named.arguments.items())[1:])
+        validate(cls.name, cls.parameter_constraints(), params)
+        return super().__new__(cls)
+
+    @classmethod
+    def parameter_constraints(cls) -> dict[str, list[Constraint]]:
+        """The declared constraints of every constructor parameter, ``knowledge`` included."""
+        return {"knowledge": [Options(cls.supported_knowledge), None], **cls.constraints}
+
+    @classmethod
+    def defaults(cls) -> dict[str, object]:
+        """The constructor parameters and their defaults."""
+        return {p.name: p.default for p in inspect.signature(cls.__init__).parameters.values()
+                if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
 
     def __init__(self, *, knowledge: str | None = None) -> None:
         if knowledge is None:
             knowledge = self.supported_knowledge[0]
-        if knowledge not in self.supported_knowledge:
+        if knowledge not in self.supported_knowledge:  # a subclass that skipped __new__
             raise ValueError(f"{self.name}: knowledge must be one of "
                              f"{', '.join(map(repr, self.supported_knowledge))}, "
                              f"got knowledge={knowledge!r}")
@@ -178,7 +212,7 @@ class ClassicAttack(Attack):
     """An attack in the classic model: returns the f Byzantine rows (see the module doc)."""
 
     def __call__(self, *, f: int, honest: Tensor | None = None, own: Tensor | None = None,
-                 n: int | None = None, rule: BoundRule | None = None,
+                 n: int | None = None, rule: Rule | None = None,
                  generator: torch.Generator | None = None, out: Tensor | None = None,
                  **context: Any) -> Tensor:
         """The (f, d) Byzantine rows; written into ``out`` (f, d) when given (it must not
@@ -204,7 +238,7 @@ class ClassicAttack(Attack):
 
 
 def make_context(attack: str, *, f: object, honest: object = None, own: object = None,
-                 n: object = None, rule: BoundRule | None = None,
+                 n: object = None, rule: Rule | None = None,
                  generator: torch.Generator | None = None,
                  extra: dict[str, Any] | None = None) -> Context:
     """Validate the keywords of a classic attack call (shapes, f, n) into a :class:`Context`."""

@@ -12,13 +12,18 @@ mu, its only sample, unchanged.
 from __future__ import annotations
 
 import math
+from numbers import Integral, Real
 from statistics import NormalDist
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from ._base import BackdoorLoss, ClassicAttack, Context, check_float, check_int
+from byzsgd.constraints import Constraints, Interval, Options
+
+from ._base import FINITE, BackdoorLoss, ClassicAttack, Context, check_int
 from ._moments import mean_std
+from ._registry import register
 
 
 def alie_z_max(n: int, f: int) -> float:
@@ -54,7 +59,7 @@ class _AlieBase(ClassicAttack):
 
     def __init__(self, *, z: float | None, knowledge: str | None) -> None:
         super().__init__(knowledge=knowledge)
-        self.z = None if z is None else check_float(self.name, "z", z)
+        self.z = None if z is None else float(z)
 
     def z_for(self, ctx: Context) -> float:
         """The given z, or z_max(n, f)."""
@@ -63,6 +68,7 @@ class _AlieBase(ClassicAttack):
         return alie_z_max(ctx.need_n(), ctx.f)
 
 
+@register
 class Alie(_AlieBase):
     """Convergence prevention (A Little Is Enough, Algorithm 3): every Byzantine worker sends
     ``mu + z * sigma`` (per coordinate). ``z`` defaults to :func:`alie_z_max` (n, f); pass it
@@ -72,6 +78,7 @@ class Alie(_AlieBase):
 
     name = "alie"
     summary = "mu + z*sigma per coordinate, z = z_max(n, f) (Baruch et al., Algorithm 3)"
+    constraints: ClassVar[Constraints] = {"z": [*FINITE, None]}
 
     def __init__(self, *, z: float | None = None, knowledge: str | None = None) -> None:
         super().__init__(z=z, knowledge=knowledge)
@@ -82,6 +89,7 @@ class Alie(_AlieBase):
         return ctx.rows(mu + z * sigma)
 
 
+@register
 class AlieBackdoor(_AlieBase):
     """Backdoor attack (A Little Is Enough, 3.4 and Algorithm 4).
 
@@ -127,23 +135,24 @@ class AlieBackdoor(_AlieBase):
                "Algorithm 4)")
 
     METHODS = ("sgd", "minimize")
+    constraints: ClassVar[Constraints] = {
+        "alpha": [Interval(Real, 0, 1, closed="both")],
+        "z": [Interval(Real, 0, None, closed="left"), None],  # the range is mu +/- z*sigma
+        "steps": [Interval(Integral, 0, None, closed="left")],
+        "lr": [Interval(Real, 0, None, closed="neither"), None],
+        "method": [Options(METHODS)],
+    }
 
     def __init__(self, *, alpha: float = 0.2, z: float | None = 0.2, steps: int = 5,
                  lr: float | None = None, method: str = "sgd",
                  knowledge: str | None = None) -> None:
         super().__init__(z=z, knowledge=knowledge)
-        if method not in self.METHODS:
-            raise ValueError(f"{self.name}: method must be one of {', '.join(self.METHODS)}, "
-                             f"got {method!r}")
         self.method = method
         if lr is None:
             lr = 0.1 if method == "sgd" else 0.5
-        self.alpha = check_float(self.name, "alpha", alpha, minimum=0.0, maximum=1.0)
-        if self.z is not None and self.z < 0:
-            raise ValueError(f"{self.name}: z must be >= 0 (the range is mu +/- z*sigma), "
-                             f"got z={z}")
-        self.steps = check_int(self.name, "steps", steps, minimum=0, constraint="steps >= 0")
-        self.lr = check_float(self.name, "lr", lr, positive=True)
+        self.alpha = float(alpha)
+        self.steps = int(steps)
+        self.lr = float(lr)
 
     def forge(self, ctx: Context) -> Tensor:
         loss_fn: BackdoorLoss | None = ctx.extra.get("backdoor_loss")

@@ -9,11 +9,16 @@ Both are "realistic" attackers (5.4) that read nothing but the values they corru
 from __future__ import annotations
 
 from collections.abc import Iterable
+from numbers import Integral, Real
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from ._base import DimensionalAttack, check_float, check_int
+from byzsgd.constraints import Constraints, Interval, Items
+
+from ._base import FINITE, DimensionalAttack, check_int
+from ._registry import register
 
 
 def flip_mask(bits: Iterable[int]) -> int:
@@ -39,6 +44,7 @@ def flip_bits(values: Tensor, bits: Iterable[int]) -> Tensor:
     return flipped.view(torch.float32).to(values.dtype)
 
 
+@register
 class BitFlip(DimensionalAttack):
     """Bit-flip attack (Generalized Byzantine-tolerant SGD, 5.4): for each of the first
     ``coordinates`` coordinates (1000 in the paper; all of them when ``None``; at most d),
@@ -51,25 +57,23 @@ class BitFlip(DimensionalAttack):
     summary = ("flip bits 22,30,31,32 of 1 of the n values of each of the first 1000 "
                "coordinates (Xie et al., Generalized 5.4)")
     supported_knowledge = ("none",)
+    #: 1 = least significant bit of the float32, 32 = its sign
+    BIT = Interval(Integral, 1, 32, closed="both")
+    constraints: ClassVar[Constraints] = {
+        "coordinates": [Interval(Integral, 0, None, closed="left"), None],
+        "per_coordinate": [Interval(Integral, 0, None, closed="left")],
+        "bits": [BIT, Items(BIT, distinct=True)],
+    }
 
     def __init__(self, *, coordinates: int | None = 1000, per_coordinate: int = 1,
                  bits: Iterable[int] | int = (22, 30, 31, 32),
                  knowledge: str | None = None) -> None:
         super().__init__(knowledge=knowledge)
-        self.coordinates = None if coordinates is None else check_int(
-            self.name, "coordinates", coordinates, minimum=0, constraint="coordinates >= 0")
-        self.per_coordinate = check_int(self.name, "per_coordinate", per_coordinate,
-                                        minimum=0, constraint="per_coordinate >= 0")
-        bits_t = (bits,) if isinstance(bits, int) else tuple(bits)
-        if not bits_t:
-            raise ValueError(f"{self.name}: bits must name at least one bit in 1..32")
-        for b in bits_t:
-            check_int(self.name, "bits", b, minimum=1, maximum=32,
-                      constraint="1 <= bit <= 32 (1 = least significant, 32 = sign)")
-        if len(set(bits_t)) != len(bits_t):
-            raise ValueError(f"{self.name}: bits must be distinct (a bit flipped twice is "
-                             f"unchanged), got bits={bits_t}")
-        self.bits: tuple[int, ...] = bits_t
+        self.coordinates = None if coordinates is None else int(coordinates)
+        self.per_coordinate = int(per_coordinate)
+        # distinct: a bit flipped twice is unchanged
+        self.bits: tuple[int, ...] = tuple(int(b) for b in (
+            (bits,) if isinstance(bits, Integral) else bits))
 
     def corrupt(self, gradients: Tensor,
                 generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
@@ -86,6 +90,7 @@ class BitFlip(DimensionalAttack):
         return out, mask
 
 
+@register
 class Gambler(DimensionalAttack):
     """Gambler (Generalized Byzantine-tolerant SGD, 5.5): the coordinates are split evenly
     into ``servers`` contiguous shards (20 in the paper; the first ``d % servers`` shards hold
@@ -97,17 +102,23 @@ class Gambler(DimensionalAttack):
     summary = ("on one of 20 parameter servers, multiply each value by -1e20 with "
                "probability 0.05% (Xie et al., Generalized 5.5)")
     supported_knowledge = ("none",)
+    constraints: ClassVar[Constraints] = {
+        "servers": [Interval(Integral, 1, None, closed="left")],
+        "server": [Interval(Integral, 0, None, closed="left")],
+        "probability": [Interval(Real, 0, 1, closed="both")],
+        "scale": FINITE,
+    }
 
     def __init__(self, *, servers: int = 20, server: int = 0, probability: float = 0.0005,
                  scale: float = -1e20, knowledge: str | None = None) -> None:
         super().__init__(knowledge=knowledge)
-        self.servers = check_int(self.name, "servers", servers, minimum=1,
-                                 constraint="servers >= 1")
-        self.server = check_int(self.name, "server", server, minimum=0, maximum=servers - 1,
-                                constraint="0 <= server < servers")
-        self.probability = check_float(self.name, "probability", probability, minimum=0.0,
-                                       maximum=1.0)
-        self.scale = check_float(self.name, "scale", scale)
+        if server >= servers:
+            raise ValueError(f"{self.name}: server must satisfy 0 <= server < servers, got "
+                             f"server={server}, servers={servers}")
+        self.servers = int(servers)
+        self.server = int(server)
+        self.probability = float(probability)
+        self.scale = float(scale)
 
     def shard(self, d: int) -> tuple[int, int]:
         """The attacked coordinates ``[start, stop)`` of a d-dimensional vector."""

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from torch import Tensor
 
-from ._base import ClassicAttack, Context, check_float
+from byzsgd.constraints import Constraints
+
+from ._base import FINITE, ClassicAttack, Context
+from ._registry import register
 
 
+@register
 class InnerProductManipulation(ClassicAttack):
     """Every Byzantine worker sends ``-epsilon * mean(honest)``.
 
@@ -23,10 +29,11 @@ class InnerProductManipulation(ClassicAttack):
     name = "ipm"
     summary = "-epsilon * mean(honest), epsilon=0.1 (Xie et al., Fall of Empires 6.2-6.3)"
     supported_knowledge = ("omniscient", "own")
+    constraints: ClassVar[Constraints] = {"epsilon": FINITE}
 
     def __init__(self, *, epsilon: float = 0.1, knowledge: str | None = None) -> None:
         super().__init__(knowledge=knowledge)
-        self.epsilon = check_float(self.name, "epsilon", epsilon)
+        self.epsilon = float(epsilon)
 
     def forge(self, ctx: Context) -> Tensor:
         return ctx.rows(-self.epsilon * ctx.source(self.knowledge).mean(dim=0))

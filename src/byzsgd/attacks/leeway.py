@@ -25,7 +25,8 @@ rows with non-finite values, fall back to running the rule on the assembled inpu
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from numbers import Integral, Real
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -33,12 +34,14 @@ from torch import Tensor
 from byzsgd.aggregators._gram import CHUNK_BYTES, centered_gram
 from byzsgd.aggregators._linf import linf_distances
 from byzsgd.aggregators.distances import Geometry, finish_geometry, gram_distances
+from byzsgd.constraints import Constraints, Interval, Options
 
-from ._base import ClassicAttack, Context, check_float, check_int
+from ._base import FINITE, ClassicAttack, Context
+from ._registry import register
 from .alie import mean_std
 
 if TYPE_CHECKING:
-    from byzsgd.aggregators import BoundRule
+    from byzsgd.aggregators import Rule
 
 
 class CandidateGeometry:
@@ -76,17 +79,19 @@ class CandidateGeometry:
             return None
         u = (honest.double() - center.double())
         ed = e.double()
+        # B(gamma) is sent in the input's precision; the rule computes in float32 at least
+        work = honest if honest.dtype in (torch.float32, torch.float64) else honest.float()
         top = torch.finfo(honest.dtype).max
         e_max = float(ed.abs().max())
         if e_max == 0:
             return None
         reach = (top - float(center.double().abs().max())) / e_max
         if p == 2:
-            gram = centered_gram(honest, center)
-            # the Gram kernel sums up to one chunk of products in the input precision
-            terms = min(int(torch.count_nonzero(ed)), CHUNK_BYTES // honest.element_size())
+            gram = centered_gram(work, center.to(work.dtype))
+            # the Gram kernel sums up to one chunk of products in the rule's precision
+            terms = min(int(torch.count_nonzero(ed)), CHUNK_BYTES // work.element_size())
             return cls(h, f, p, gram, (u @ ed, ed @ ed), "l2",
-                       min(reach, math.sqrt(top / terms) / e_max))
+                       min(reach, math.sqrt(torch.finfo(work.dtype).max / terms) / e_max))
         if p != math.inf:
             return None
         nonzero = torch.nonzero(ed).flatten()
@@ -103,7 +108,7 @@ class CandidateGeometry:
             terms = (rest.amax(dim=1), sign * u[:, k])
         else:
             return None
-        pairs = linf_distances(honest).square_()
+        pairs = linf_distances(work).square_()
         return cls(h, f, p, pairs, terms, kind, reach)
 
     def at(self, gamma: float) -> Geometry:
@@ -137,17 +142,20 @@ class CandidateGeometry:
 
 class _Leeway(ClassicAttack):
     supported_knowledge = ("omniscient", "own")
+    constraints: ClassVar[Constraints] = {
+        "sign": [Options((1, -1))],
+        "tol": [Interval(Real, 0, None, closed="neither")],
+        "max_steps": [Interval(Integral, 1, None, closed="left")],
+        "gamma": [*FINITE, None],
+    }
 
     def __init__(self, *, sign: int = 1, tol: float = 1e-3, max_steps: int = 200,
                  gamma: float | None = None, knowledge: str | None = None) -> None:
         super().__init__(knowledge=knowledge)
-        if sign not in (1, -1) or isinstance(sign, bool):
-            raise ValueError(f"{self.name}: sign must be +1 or -1, got sign={sign!r}")
         self.sign = int(sign)
-        self.tol = check_float(self.name, "tol", tol, positive=True)
-        self.max_steps = check_int(self.name, "max_steps", max_steps, minimum=1,
-                                   constraint="max_steps >= 1")
-        self.gamma = None if gamma is None else check_float(self.name, "gamma", gamma)
+        self.tol = float(tol)
+        self.max_steps = int(max_steps)
+        self.gamma = None if gamma is None else float(gamma)
         #: The signed gamma used in the last call (searched, or the fixed ``gamma``).
         self.last_gamma: float | None = None
 
@@ -161,6 +169,9 @@ class _Leeway(ClassicAttack):
     def forge(self, ctx: Context) -> Tensor:
         center_from = ctx.source(self.knowledge)
         center = center_from.detach().mean(dim=0)
+        if ctx.d == 0:  # no coordinate to shift: the f rows are empty
+            self.last_gamma = 0.0 if self.gamma is None else self.gamma
+            return ctx.rows(center)
         e = self.direction(ctx.d, center.dtype)
         if self.gamma is not None:
             self.last_gamma = self.gamma
@@ -174,13 +185,14 @@ class _Leeway(ClassicAttack):
         self.last_gamma = self.sign * magnitude
         return ctx.rows(center + self.last_gamma * e)
 
-    def _rule(self, ctx: Context) -> BoundRule:
+    def _rule(self, ctx: Context) -> Rule:
         rule = ctx.rule
         if rule is None or not hasattr(rule, "select"):
-            raise ValueError(f"{self.name}: needs rule= (the deployed BoundRule) to search "
-                             f"gamma_m, or a fixed gamma=")
-        if not rule.selects_rows:
-            raise ValueError(f"{self.name}: rule {rule.name!r} does not select rows, so "
+            raise ValueError(f"{self.name}: needs rule= (the deployed Rule, e.g. a BoundRule) "
+                             f"to search gamma_m, or a fixed gamma=")
+        if not getattr(rule, "selects_rows", False):
+            name = getattr(rule, "name", type(rule).__name__)
+            raise ValueError(f"{self.name}: rule {name!r} does not select rows, so "
                              f"'gamma_m, the largest gamma whose B(gamma) is selected' is "
                              f"undefined; use a selection-based rule (krum, multi-krum, "
                              f"medoid, brute, bulyan) or pass a fixed gamma=")
@@ -195,7 +207,7 @@ class _Leeway(ClassicAttack):
         noise = torch.randn((n - ctx.f, ctx.d), generator=ctx.generator, dtype=torch.float64)
         return (mu.double() + noise * sigma.double()).to(own.dtype)
 
-    def selected(self, rule: BoundRule, honest: Tensor, byzantine: Tensor, f: int) -> bool:
+    def selected(self, rule: Rule, honest: Tensor, byzantine: Tensor, f: int) -> bool:
         """Whether ``rule`` selects one of the f copies of ``byzantine`` (d,) appended to
         ``honest`` (running the rule on the assembled input)."""
         h = honest.shape[0]
@@ -203,16 +215,20 @@ class _Leeway(ClassicAttack):
         chosen = rule.select(x).selected
         return chosen is not None and bool((chosen >= h).any())
 
-    def search(self, rule: BoundRule, honest: Tensor, center: Tensor, e: Tensor,
+    def search(self, rule: Rule, honest: Tensor, center: Tensor, e: Tensor,
                f: int) -> float:
         """The largest gamma >= 0 (to relative tolerance ``tol``) such that
-        ``center + gamma * e`` is selected; 0 when no tried gamma > 0 is."""
+        ``center + gamma * e`` is selected; 0 when no tried gamma > 0 is. Rules without
+        ``selection`` (an optional member of the Rule protocol) are run on the assembled
+        input."""
         h = honest.shape[0]
-        candidates = CandidateGeometry.build(honest, center, e, f, rule.p)
+        selection = getattr(rule, "selection", None)
+        candidates = None if selection is None else CandidateGeometry.build(
+            honest, center, e, f, float(getattr(rule, "p", 2.0)))
 
         def is_selected(gamma: float) -> bool:
             if candidates is not None:
-                chosen = rule.selection(candidates.at(gamma))
+                chosen = selection(candidates.at(gamma))
                 if chosen is not None:
                     return bool((chosen >= h).any())
             return self.selected(rule, honest, center + gamma * e, f)
@@ -247,6 +263,7 @@ class _Leeway(ClassicAttack):
         return lo
 
 
+@register
 class LpCoordinate(_Leeway):
     """Attack on finite-norm rules (Hidden Vulnerability 3.2): ``E = e_coordinate``.
 
@@ -262,14 +279,17 @@ class LpCoordinate(_Leeway):
     name = "lp-coordinate"
     summary = ("mean(honest) + gamma_m e_k, gamma_m the largest still selected (El Mhamdi "
                "et al. 3.2)")
+    constraints: ClassVar[Constraints] = {
+        **_Leeway.constraints,
+        "coordinate": [Interval(Integral, 0, None, closed="left")],
+    }
 
     def __init__(self, *, coordinate: int = 0, sign: int = 1, tol: float = 1e-3,
                  max_steps: int = 200, gamma: float | None = None,
                  knowledge: str | None = None) -> None:
         super().__init__(sign=sign, tol=tol, max_steps=max_steps, gamma=gamma,
                          knowledge=knowledge)
-        self.coordinate = check_int(self.name, "coordinate", coordinate, minimum=0,
-                                    constraint="coordinate >= 0")
+        self.coordinate = int(coordinate)
 
     def direction(self, d: int, dtype: torch.dtype) -> Tensor:
         if self.coordinate >= d:
@@ -280,6 +300,7 @@ class LpCoordinate(_Leeway):
         return e
 
 
+@register
 class Linf(_Leeway):
     """Attack on the infinite norm (Hidden Vulnerability 3.3): ``E = (1, ..., 1)``; the
     same search and parameters as ``lp-coordinate`` (without ``coordinate``)."""

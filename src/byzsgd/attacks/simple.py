@@ -3,12 +3,19 @@ flipping, and the label-flipping data attack (Fall of Empires 6.4, after Yin et 
 
 from __future__ import annotations
 
+from numbers import Real
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 
-from ._base import ClassicAttack, Context, check_float, check_int
+from byzsgd.constraints import Constraints, Interval
+
+from ._base import FINITE, ClassicAttack, Context, check_int
+from ._registry import register
 
 
+@register
 class Gaussian(ClassicAttack):
     """Gaussian attack (Generalized Byzantine-tolerant SGD, 5.2): every Byzantine row is an
     independent draw of N(mean, sigma^2 I), sigma = 200 in the paper. Reads nothing but the
@@ -17,18 +24,23 @@ class Gaussian(ClassicAttack):
     name = "gaussian"
     summary = "i.i.d. N(mean, sigma^2) rows, sigma=200 (Xie et al., Generalized 5.2)"
     supported_knowledge = ("none",)
+    constraints: ClassVar[Constraints] = {
+        "sigma": [Interval(Real, 0, None, closed="left")],
+        "mean": FINITE,
+    }
 
     def __init__(self, *, sigma: float = 200.0, mean: float = 0.0,
                  knowledge: str | None = None) -> None:
         super().__init__(knowledge=knowledge)
-        self.sigma = check_float(self.name, "sigma", sigma, minimum=0.0)
-        self.mean = check_float(self.name, "mean", mean)
+        self.sigma = float(sigma)
+        self.mean = float(mean)
 
     def forge(self, ctx: Context) -> Tensor:
         noise = torch.randn((ctx.f, ctx.d), generator=ctx.generator, dtype=torch.float64)
         return (noise * self.sigma + self.mean).to(ctx.dtype)
 
 
+@register
 class Omniscient(ClassicAttack):
     """Omniscient attack (Generalized Byzantine-tolerant SGD, 5.3): every Byzantine row is
     the negative sum of the correct gradients scaled by a large constant (1e20 in the paper):
@@ -37,16 +49,18 @@ class Omniscient(ClassicAttack):
     name = "omniscient"
     summary = "-scale * sum(honest), scale=1e20 (Xie et al., Generalized 5.3)"
     supported_knowledge = ("omniscient",)
+    constraints: ClassVar[Constraints] = {"scale": FINITE}
 
     def __init__(self, *, scale: float = 1e20, knowledge: str | None = None) -> None:
         super().__init__(knowledge=knowledge)
-        self.scale = check_float(self.name, "scale", scale)
+        self.scale = float(scale)
 
     def forge(self, ctx: Context) -> Tensor:
         honest = ctx.need_honest()
         return ctx.rows(honest.sum(dim=0) * -self.scale)
 
 
+@register
 class SignFlip(ClassicAttack):
     """Sign flipping: each Byzantine worker sends its own honestly computed gradient,
     negated and scaled: row i is ``-scale * own[i]``."""
@@ -54,15 +68,17 @@ class SignFlip(ClassicAttack):
     name = "sign-flip"
     summary = "-scale * own (each Byzantine worker flips its own gradient), scale=1"
     supported_knowledge = ("own",)
+    constraints: ClassVar[Constraints] = {"scale": FINITE}
 
     def __init__(self, *, scale: float = 1.0, knowledge: str | None = None) -> None:
         super().__init__(knowledge=knowledge)
-        self.scale = check_float(self.name, "scale", scale)
+        self.scale = float(scale)
 
     def forge(self, ctx: Context) -> Tensor:
         return (ctx.need_own() * -self.scale).to(ctx.dtype)
 
 
+@register
 class LabelFlip(ClassicAttack):
     """Label flipping, a data attack (Fall of Empires 6.4, the attack of Yin et al.): the
     Byzantine workers compute honest gradients on training labels mapped by

@@ -28,6 +28,7 @@ import numpy as np
 from byzsgd.data._dataset import Dataset
 from byzsgd.data._download import Checksum, DownloadError, fetch
 from byzsgd.data._files import DataUnavailableError, cached_arrays, data_root
+from byzsgd.data._registry import register
 
 ARCHIVE = "cifar-10-python.tar.gz"
 FOLDER = "cifar-10-batches-py"
@@ -166,6 +167,8 @@ def locate(data_dir: str | os.PathLike[str] | None = None, download: bool = True
         raise DataUnavailableError(f"{hint} Download failed: {err}") from err
 
 
+@register("cifar10", summary="CIFAR-10 colour images, 50,000 train / 10,000 test, 3x32x32, "
+          "10 classes (cifar-10-python.tar.gz from the data dir, else downloaded)")
 def load(data_dir: str | os.PathLike[str] | None = None, download: bool = True,
          source: CifarSource | None = None) -> Dataset:
     """Load CIFAR-10 (see the module docstring): 50,000 + 10,000 images of shape (3, 32, 32)."""

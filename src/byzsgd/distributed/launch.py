@@ -5,7 +5,8 @@
   variables, shares the cores among them, sends server 0's output to the terminal and the
   others' to ``<out>/logs/rank-<r>.log``, and waits for the servers. A worker that dies is
   reported and the run carries on; a server that dies ends the run (``--resume`` continues
-  it from the last checkpoint).
+  it from the last checkpoint). The processes get a fresh shared secret (``BYZSGD_TOKEN``)
+  for the workers' handshake, and with a loopback ``--master-addr`` gloo stays on loopback.
 * ``--launcher torchrun`` (implied by ``--nnodes`` > 1 or ``--rdzv-endpoint``): this process
   becomes ``torchrun ... -m byzsgd.distributed.node ...`` with torchrun's usual rendezvous
   flags, one such command per machine (see docs/distributed.md).
@@ -16,8 +17,10 @@ Importing this module does not import torch.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -27,7 +30,12 @@ from pathlib import Path
 from typing import IO, Any
 
 from byzsgd.config import ConfigError, ExperimentConfig
-from byzsgd.distributed.node import THREADS, add_timeout_flags
+from byzsgd.distributed.settings import THREADS, add_timeout_flags, port
+from byzsgd.flags import nonnegative_int, positive_int
+
+#: The shared secret's variable (:data:`byzsgd.distributed.wire.TOKEN_ENV`, which imports
+#: torch).
+TOKEN_ENV = "BYZSGD_TOKEN"
 
 NODE = ["-m", "byzsgd.distributed.node"]
 
@@ -43,12 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "torchrun: run torchrun with the rendezvous flags below")
     group.add_argument("--master-addr", default="127.0.0.1",
                        help="address of server 0's rendezvous store (default 127.0.0.1)")
-    group.add_argument("--master-port", type=int, default=None,
+    group.add_argument("--master-port", type=port, default=None,
                        help="its port (default: a free port; 29500 under torchrun)")
-    group.add_argument("--nnodes", type=int, default=1, help="torchrun: number of machines")
-    group.add_argument("--node-rank", type=int, default=0,
+    group.add_argument("--nnodes", type=positive_int, default=1,
+                       help="torchrun: number of machines")
+    group.add_argument("--node-rank", type=nonnegative_int, default=0,
                        help="torchrun: this machine's rank (machine 0 hosts the servers)")
-    group.add_argument("--nproc-per-node", type=int, default=None,
+    group.add_argument("--nproc-per-node", type=positive_int, default=None,
                        help="torchrun: processes on this machine (default: all S + n)")
     group.add_argument("--rdzv-backend", default=None, help="torchrun: rendezvous backend")
     group.add_argument("--rdzv-endpoint", default=None, help="torchrun: rendezvous endpoint")
@@ -57,11 +66,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def node_args(args: argparse.Namespace) -> list[str]:
-    """The node flags that follow from ``byzsgd run`` flags (time limits, resume, quiet)."""
+    """The node flags that follow from ``byzsgd run`` flags (time limits, resume, overwrite,
+    quiet)."""
     out = ["--deadline", str(args.deadline), "--connect-timeout", str(args.connect_timeout),
            "--idle-timeout", str(args.idle_timeout)]
     if getattr(args, "resume", False):
         out.append("--resume")
+    if getattr(args, "overwrite", False):
+        out.append("--overwrite")
     if getattr(args, "quiet", False):
         out.append("--quiet")
     return out
@@ -74,6 +86,11 @@ def run_from_args(config: ExperimentConfig, args: argparse.Namespace) -> int:
     if launcher == "local":
         if args.nnodes > 1:
             raise ConfigError("--nnodes > 1 needs --launcher torchrun")
+        from byzsgd.engine.recorder import check_out
+
+        # the simulator's rule, before any process starts (the lead server checks again)
+        check_out(Path(args.out), resume=getattr(args, "resume", False),
+                  overwrite=getattr(args, "overwrite", False))
         code = launch_local(config, args.out, node_args(args), master_addr=args.master_addr,
                             master_port=args.master_port)
         if code == 0 and not args.quiet:
@@ -84,7 +101,15 @@ def run_from_args(config: ExperimentConfig, args: argparse.Namespace) -> int:
                            master_addr=args.master_addr, master_port=args.master_port,
                            rdzv_backend=args.rdzv_backend, rdzv_endpoint=args.rdzv_endpoint,
                            rdzv_id=args.rdzv_id)
-    return subprocess.call(cmd)
+    env = dict(os.environ)
+    if not env.get(TOKEN_ENV):
+        if args.nnodes == 1 and not args.rdzv_endpoint:
+            env[TOKEN_ENV] = secrets.token_hex(16)
+        else:
+            print(f"byzsgd: ${TOKEN_ENV} is not set: any process that reaches the servers can "
+                  f"join as a worker (set the same secret on every machine; see "
+                  f"docs/distributed.md)", file=sys.stderr)
+    return subprocess.call(cmd, env=env)
 
 
 def _report(out: Path) -> None:
@@ -97,6 +122,29 @@ def _report(out: Path) -> None:
           f"{summary['rounds_per_s'] or 0:.1f} rounds/s, faults: "
           f"{faults.get('absent', 0)} absent, {faults.get('malformed', 0)} malformed, "
           f"{faults.get('nonfinite', 0)} non-finite; results in {out}/")
+
+
+def local_env(env: dict[str, str], master_addr: str) -> dict[str, str]:
+    """``env`` for the processes of a run on this machine: a fresh shared secret for the
+    workers' handshake unless ``$BYZSGD_TOKEN`` holds one, and, when ``master_addr`` is a
+    loopback address, gloo kept on the loopback interface (unless ``$GLOO_SOCKET_IFNAME``
+    says otherwise)."""
+    out = dict(env)
+    if not out.get(TOKEN_ENV):
+        out[TOKEN_ENV] = secrets.token_hex(16)
+    if is_loopback(master_addr) and "GLOO_SOCKET_IFNAME" not in out:
+        names = {name for _, name in socket.if_nameindex()}
+        if "lo" in names:
+            out["GLOO_SOCKET_IFNAME"] = "lo"
+    return out
+
+
+def is_loopback(addr: str) -> bool:
+    """Whether ``addr`` (an address or a host name) names this machine's loopback."""
+    try:
+        return ipaddress.ip_address(socket.gethostbyname(addr)).is_loopback
+    except (OSError, ValueError):
+        return False
 
 
 def free_port(addr: str = "127.0.0.1") -> int:
@@ -117,7 +165,7 @@ def launch_local(config: ExperimentConfig, out: str | Path, args: list[str], *,
     out = Path(out)
     (out / "logs").mkdir(parents=True, exist_ok=True)
     cpus = os.cpu_count() or 1
-    base = {**os.environ, **(env or {}), "MASTER_ADDR": master_addr,
+    base = {**local_env({**os.environ, **(env or {})}, master_addr), "MASTER_ADDR": master_addr,
             "MASTER_PORT": str(master_port or free_port(master_addr)),
             "WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(world)}
     argv = [*(entry or [sys.executable, *NODE]), "--config-json", json.dumps(config.to_dict()),

@@ -5,9 +5,9 @@ torchrun (or ``byzsgd run --backend distributed``) starts S + n copies of::
     python -m byzsgd.distributed.node --config exp.toml --out runs/x [config flags]
 
 ranks 0..S-1 become the parameter servers (0 the lead, which writes the results), ranks
-S..S+n-1 the workers. The rendezvous is torch.distributed's ``env://``: ``MASTER_ADDR``,
-``MASTER_PORT``, ``RANK`` and ``WORLD_SIZE``, which torchrun sets (WORLD_SIZE must be
-S + n).
+S..S+n-1 the workers. The rendezvous (:mod:`.rendezvous`) reads torch.distributed's
+``env://`` variables: ``MASTER_ADDR``, ``MASTER_PORT``, ``RANK`` and ``WORLD_SIZE``, which
+torchrun sets (WORLD_SIZE must be S + n).
 
 Under torchrun a worker runs as the child of a small supervisor process that exits 0 however
 its child ends: torchrun tears down every local process when one of them fails, and a dead
@@ -30,22 +30,25 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from byzsgd.config import ExperimentConfig
 
+from byzsgd.distributed.settings import THREADS, add_timeout_flags
+
 log = logging.getLogger("byzsgd.distributed")
 SUPERVISED = "BYZSGD_SUPERVISED"
-#: Intra-op threads of this process (the launcher shares the cores among the processes).
-THREADS = "BYZSGD_THREADS"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from byzsgd.cli import add_config_flags
+    from byzsgd.flags import add_config_flags, out_dir
 
     parser = argparse.ArgumentParser(prog="python -m byzsgd.distributed.node",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="TOML config file (flags override it)")
     parser.add_argument("--config-json", help=argparse.SUPPRESS)
-    parser.add_argument("--out", default="runs/run", help="results directory (server 0)")
+    parser.add_argument("--out", type=out_dir, default="runs/run",
+                        help="results directory (server 0)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its last checkpoint")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over a run that --out already holds")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     parser.add_argument("--supervise", action=argparse.BooleanOptionalAction, default=None,
                         help="run a worker under a supervisor that exits 0 (default: under "
@@ -53,18 +56,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_timeout_flags(parser.add_argument_group("distributed time limits"))
     add_config_flags(parser)
     return parser
-
-
-def add_timeout_flags(group: argparse._ActionsContainer) -> None:
-    """The time limits of :class:`~byzsgd.distributed.protocol.Options` as flags."""
-    group.add_argument("--deadline", type=float, default=60.0,
-                       help="seconds a server waits for the workers' vectors in a round "
-                            "before treating the missing ones as absent (default 60)")
-    group.add_argument("--connect-timeout", type=float, default=120.0,
-                       help="seconds to wait for every process to join (default 120)")
-    group.add_argument("--idle-timeout", type=float, default=1800.0,
-                       help="seconds a worker waits for its server's next message (default "
-                            "1800)")
 
 
 def role(rank: int, servers: int, workers: int) -> tuple[str, int]:
@@ -100,11 +91,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         stream=sys.stderr,
                         format=f"%(asctime)s [{kind} {index}] %(levelname)s %(message)s")
+    from byzsgd.engine.recorder import RunLocked
+    from byzsgd.results import CheckpointError
+
     code = 1
     try:
         code = _run(args, config.validate(), kind, index, rank, world)
     except ConfigError as e:
         print(f"byzsgd node: invalid configuration: {e}", file=sys.stderr)
+        code = 2
+    except (RunLocked, CheckpointError) as e:
+        print(f"byzsgd node: {e}", file=sys.stderr)
         code = 2
     except Exception:
         log.exception("%s %d failed", kind, index)
@@ -116,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _config(args: argparse.Namespace) -> ExperimentConfig:
-    from byzsgd.cli import resolve_config
     from byzsgd.config import ExperimentConfig
+    from byzsgd.flags import resolve_config
 
     if args.config_json:
         return ExperimentConfig.from_dict(json.loads(args.config_json))
@@ -127,17 +124,18 @@ def _config(args: argparse.Namespace) -> ExperimentConfig:
 def _run(args: argparse.Namespace, config: ExperimentConfig, kind: str, index: int, rank: int,
          world: int) -> int:
     import torch
-    import torch.distributed as dist
 
     from byzsgd._memory import keep_freed_memory
+    from byzsgd.distributed import rendezvous
     from byzsgd.distributed.protocol import Options
-    from byzsgd.engine.simulator import build
+    from byzsgd.engine.setup import build
 
     keep_freed_memory()
     if os.environ.get(THREADS):
         torch.set_num_threads(int(os.environ[THREADS]))
     opts = Options(deadline=args.deadline, connect=args.connect_timeout,
                    idle=args.idle_timeout)
+    from byzsgd.distributed.server import LeadServer, lead_recorder, serve
     from byzsgd.distributed.worker import Worker
 
     # set up before joining: every process is ready when the group is up
@@ -145,23 +143,29 @@ def _run(args: argparse.Namespace, config: ExperimentConfig, kind: str, index: i
     worker = Worker(setup, index, opts) if kind == "worker" else None
     if worker is not None:
         worker.warm_up()
-    dist.init_process_group("gloo", init_method="env://", rank=rank, world_size=world,
-                            timeout=opts.timedelta("connect"))
-    log.info("joined as rank %d of %d (d=%d)", rank, world, setup.flat.d)
+    recorder = None
+    if kind == "server" and index == 0:  # the lock and the overwrite rule, before joining
+        recorder = lead_recorder(setup, Path(args.out))
+        recorder.acquire(resume=args.resume, overwrite=args.overwrite)
+    store = rendezvous.open_store(rank, opts.timedelta("connect"))
     if worker is not None:
         try:
+            worker.connect(store)
+            log.info("joined as rank %d of %d (d=%d)", rank, world, setup.flat.d)
             return worker.run()
         except RuntimeError as e:
             log.error("lost contact with a server: %s", str(e).splitlines()[0])
             return 3
-    from byzsgd.distributed.server import LeadServer, serve
-
-    if index > 0:
+    rendezvous.join_servers(store, index, config.servers, opts.timedelta("connect"))
+    log.info("joined as rank %d of %d (d=%d)", rank, world, setup.flat.d)
+    if recorder is None:
         return serve(setup, index, opts)
     from byzsgd.progress import Progress
 
     progress = None if args.quiet else Progress(config.rounds, "distributed ")
-    LeadServer(setup, Path(args.out), opts).run(resume=args.resume, progress=progress)
+    # a run that diverged ends normally, with status "diverged" in summary.json
+    LeadServer(setup, Path(args.out), opts, recorder).run(
+        resume=args.resume, overwrite=args.overwrite, progress=progress)
     return 0
 
 

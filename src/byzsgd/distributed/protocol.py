@@ -2,26 +2,27 @@
 
 A message is a fixed-size int64 *header* followed by zero to three *parts* (2-D tensors sent
 as raw bytes). The header says what comes (kind, round, each part's dtype and shape), so a
-receiver learns a wrong shape or dtype before the payload arrives and can post a buffer big
-enough for it::
+receiver learns the payload's length (and a wrong shape or dtype) before the payload arrives,
+and can refuse it or read it into a buffer of exactly that size::
 
     header (int64 x 16): MAGIC, kind, round, aux, extra, nparts, (dtype, rows, cols) x 3, 0
     part i: rows x cols values of dtype i, as bytes
 
-Each direction has its own pair of tags (header, payload), so a message from a peer is always
-matched in order with the receive posted for it. A worker's messages have exactly one part,
-so a server posts the receive of the next payload together with that of its header.
+On gloo, each direction has its own pair of tags (header, payload), so a message from a
+peer is always matched in order with the receive posted for it. A worker's messages have
+exactly one part.
 
-gloo has two properties the runtime is built around (checked on torch 2.13):
+Between the servers, messages travel over gloo (point-to-point sends and receives); between
+a server and a worker, over a connection of :mod:`.wire`, in the same format. gloo has two
+properties the runtime is built around (checked on torch 2.13):
 
 * a receive that times out poisons every connection of the process ("Application timeout
-  caused pair closure"), so a server never waits on a worker with a timeout: it waits
-  without one in a helper thread (:mod:`.links`) and applies the round deadline itself;
-* a message longer than the buffer posted for it aborts the receiving process inside gloo,
-  so a server receives a worker's payload into a buffer of ``capacity`` bytes (twice the
-  expected size, plus slack) whatever the header claims. A peer that sends more than that can
-  still crash the server: a limit of gloo's TCP transport, outside the Byzantine model of the
-  papers (which corrupts values, not the transport).
+  caused pair closure"), so a server never waits on a gloo peer with a timeout it expects
+  to pass;
+* a message longer than the buffer posted for it aborts the receiving process inside gloo
+  (``op.preamble.length <= op.nbytes``), and the sender chooses the length: so only
+  processes that trust each other (the servers) share a gloo group, and a server reads a
+  worker's messages over :mod:`.wire`, which checks an announced length before reading.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from torch import Tensor
 
 MAGIC = 0x42595A53  # "BYZS"
 HEADER_LEN = 16
-#: int64 values posted for a header from an untrusted peer (a longer header aborts gloo).
+#: int64 values posted for a header from a server (a longer header aborts gloo).
 HEADER_CAPACITY = 64
 MAX_PARTS = 3
 #: Wait "forever" on gloo without a timeout of ours (a longer one overflows gloo's clock).
@@ -170,7 +171,8 @@ def decode_header(buf: Tensor) -> Header:
     return Header(kind=v[1], round=v[2], aux=v[3], extra=v[4], specs=tuple(specs))
 
 
-def _bytes(t: Tensor) -> Tensor:
+def as_bytes(t: Tensor) -> Tensor:
+    """``t`` as the raw bytes that travel (a view when ``t`` is contiguous)."""
     return _as_2d(t).contiguous().view(-1).view(torch.uint8)
 
 
@@ -184,7 +186,7 @@ def send(msg: Message, dst: int, channel: Channel, timeout: dt.timedelta) -> Non
 
 def post(msg: Message, dst: int, channel: Channel) -> list[dist.Work]:
     """Post the sends of ``msg`` (header, then its parts) at once; the works to wait on."""
-    chunks = [encode_header(msg), *(_bytes(p) for p in msg.parts if p.numel())]
+    chunks = [encode_header(msg), *(as_bytes(p) for p in msg.parts if p.numel())]
     return [dist.isend(chunk, dst=dst, tag=int(channel) + (i > 0))
             for i, chunk in enumerate(chunks)]
 

@@ -2,6 +2,8 @@
 
 One round t, on every server s (:meth:`ShardServer.round`):
 
+The steps are the phases of :func:`byzsgd.engine.round.round_`, around the network:
+
 1. send ``ROUND(t, theta[a_s:b_s])`` to every worker (a worker still busy with an earlier
    round, or dead, is skipped: absent);
 2. collect the workers' vectors (their shard) until all arrived or the deadline passed;
@@ -18,9 +20,9 @@ One round t, on every server s (:meth:`ShardServer.round`):
    diagnostics.
 
 Server 0, the *lead* (:class:`LeadServer`), also drives the others (``STEP t``), merges
-their reports, evaluates, checkpoints and writes the result files, with the simulator's own
-run loop (it subclasses :class:`~byzsgd.engine.simulator.Simulation`): metrics.csv,
-rounds.csv, summary.json, config.toml and checkpoint.pt as the simulator writes them (the
+their reports, evaluates, checkpoints and writes the result files, run by the simulator's
+own :class:`~byzsgd.engine.recorder.Recorder`: metrics.csv, rounds.csv, summary.json,
+config.toml and checkpoint.pt as the simulator writes them (the
 checkpoint holds the full theta and momentum buffer, so either backend resumes the other's
 run), plus fault columns, ``faults.csv`` and ``timings.csv``.
 """
@@ -29,7 +31,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import math
 import queue
 import time
 from collections.abc import Callable
@@ -50,12 +51,13 @@ from byzsgd.distributed.faults import (
     FaultPlan,
     validate,
 )
-from byzsgd.distributed.links import Event, WorkerLink
+from byzsgd.distributed.links import Event, accept_workers
 from byzsgd.distributed.protocol import Channel, Kind, Message, Options
-from byzsgd.engine.round import corrupt, lr_of, round_threat
+from byzsgd.engine.recorder import METRIC_COLUMNS, ROUND_COLUMNS, Recorder
+from byzsgd.engine.round import Draw, diagnostic_sums
 from byzsgd.engine.server import Server
-from byzsgd.engine.simulator import METRIC_COLUMNS, ROUND_COLUMNS, Setup, Simulation
-from byzsgd.metrics import byzantine_selected
+from byzsgd.engine.setup import Setup
+from byzsgd.metrics import byzantine_selected, diagnostics_from_sums
 
 log = logging.getLogger("byzsgd.distributed")
 
@@ -105,25 +107,27 @@ class ShardServer:
         self.a, self.b = setup.server.shards[index]
         self.width = self.b - self.a
         self.single = cfg.servers == 1
-        self.server = Server(setup.server.rule, self.width, momentum=cfg.momentum,
-                             weight_decay=cfg.weight_decay)
+        self.server = Server(setup.server.rule, self.width)  # aggregates this shard
+        self.adversary = setup.adversary()
+        self.step = setup.step()
+        self.buffer: Tensor | None = None  # this shard of the momentum buffer
         self.theta = setup.flat.initial()[self.a:self.b].clone()
         self.events: queue.Queue[Event] = queue.Queue()
-        capacity = 2 * 4 * self.width + 4096
-        self.links = [WorkerLink(w, cfg.servers + w, self.events, capacity)
-                      for w in range(cfg.workers)]
-        #: Workers that answered the last round: they took its messages (even if gloo has
-        #: not told the sending thread yet), so the next round is queued for them.
+        self.links = accept_workers(index, cfg.workers, self.events,
+                                    capacity=2 * 4 * self.width + 4096, connect=opts.connect)
+        #: Workers that answered the last round: they took its messages (even if the sending
+        #: thread has not finished yet), so the next round is queued for them.
         self.answered: set[int] = set()
         self._matrix = torch.empty(cfg.workers, self.width)  # the received rows, reused
 
     # -- one round ---------------------------------------------------------------------------
 
     def round(self, t: int) -> ShardReport:
-        cfg, s = self.cfg, self.s
+        cfg = self.cfg
         n = cfg.workers
         start = time.perf_counter()
-        attacked, byz, g = round_threat(s, t)
+        draw = self.adversary.draw(t)
+        byz = draw.byzantine
         status = torch.zeros(n, dtype=torch.long)
         details: dict[int, tuple[int, str]] = {}
 
@@ -164,20 +168,17 @@ class ShardServer:
         honest = torch.ones(n, dtype=torch.bool)
         honest[byz] = False
         received = vectors
-        if attacked and s.attack.dimensional:
-            received = self._corrupt(vectors, g)
-        elif attacked and byz.numel():
+        if draw.attacked and self.adversary.dimensional:
+            received = self._corrupt(draw, vectors)
+        elif draw.attacked and byz.numel():
             received = self._byzantine_rows(t, vectors, byz, honest, status, sent, fault)
         attack = time.perf_counter()
 
         # 4. aggregate and step
         theta = self.theta
         aggregate = self.server.aggregate(received)
-        lr = lr_of(s, t)
-        if cfg.mode == "gradient":
-            self.theta = self.server.step(theta, aggregate.value, lr)
-        else:
-            self.theta = aggregate.value.clone()
+        self.theta, self.buffer = self.step(theta, aggregate.value, self.step.lr_at(t),
+                                            self.buffer)
         done = time.perf_counter()
         correct = honest & (status == OK)
         if bool(correct.all()):
@@ -188,19 +189,9 @@ class ShardServer:
             truth = torch.full((self.width,), float("nan"))
         timing = {"compute": compute, "exchange": 1e3 * (exchange - start),
                   "attack": 1e3 * (attack - exchange), "aggregation": 1e3 * (done - attack)}
-        return ShardReport(status, details, self._sums(theta, truth, aggregate.value),
+        return ShardReport(status, details, diagnostic_sums(cfg.mode, theta, truth,
+                                                           aggregate.value),
                            byzantine_selected(aggregate.selected, byz), timing)
-
-    def _sums(self, theta: Tensor, truth: Tensor, aggregate: Tensor) -> Tensor:
-        """This shard's part of :func:`~byzsgd.engine.round.round_diagnostics`, in float64:
-        <g, a>, |g|^2, |a|^2 and |a - g|^2, of the gradients -- in model-averaging mode of
-        the implied updates theta_t - vector."""
-        if self.cfg.mode == "gradient":
-            g, a = truth.double(), aggregate.double()
-        else:
-            g, a = (theta - truth).double(), (theta - aggregate).double()
-        diff = a - g
-        return torch.stack([g @ a, g @ g, a @ a, diff @ diff])
 
     def _collect(self, t: int, kind: Kind, expected: set[int]) -> dict[int, Event]:
         """The events of ``expected`` workers for (t, kind) until all came or the deadline
@@ -235,15 +226,15 @@ class ShardServer:
             return MALFORMED, None, f"round {ev.round} instead of {t}"
         return validate(ev.parts, self.width)
 
-    def _corrupt(self, vectors: Tensor, g: torch.Generator) -> Tensor:
+    def _corrupt(self, draw: Draw, vectors: Tensor) -> Tensor:
         """A dimensional attack on the received values, drawing what it draws in the
         simulator: on the full (n, d) matrix (this shard embedded in zeros: both attacks
         corrupt each value independently of the others)."""
         if self.single:
-            return corrupt(self.s, vectors, g)
+            return self.adversary.corrupt(draw, vectors)
         full = torch.zeros(vectors.shape[0], self.s.flat.d)
         full[:, self.a:self.b] = vectors
-        return corrupt(self.s, full, g)[:, self.a:self.b]
+        return self.adversary.corrupt(draw, full)[:, self.a:self.b]
 
     def _byzantine_rows(self, t: int, vectors: Tensor, byz: Tensor, honest: Tensor,
                         status: Tensor, sent: set[int],
@@ -253,7 +244,7 @@ class ShardServer:
         arrived = (status == OK) | (status == NONFINITE)
         own = [w for w in byz.tolist() if arrived[w]]
         seen = []
-        if getattr(self.s.attack, "knowledge", None) == "omniscient":
+        if getattr(self.adversary.attack, "knowledge", None) == "omniscient":
             seen = (honest & arrived).nonzero().flatten().tolist()
         index = torch.tensor(own + seen, dtype=torch.long)
         know = Message(Kind.KNOW, t, [index, vectors[index]], aux=len(own))
@@ -280,11 +271,10 @@ class ShardServer:
 
     def load(self, theta: Tensor, buffer: Tensor | None) -> None:
         self.theta = theta.reshape(-1).clone()
-        self.server.buffer = None if buffer is None else buffer.reshape(-1).clone()
+        self.buffer = None if buffer is None else buffer.reshape(-1).clone()
 
     def state_parts(self) -> list[Tensor]:
-        buffer = self.server.buffer
-        return [self.theta] if buffer is None else [self.theta, buffer]
+        return [self.theta] if self.buffer is None else [self.theta, self.buffer]
 
     def stop(self, grace: float = 5.0) -> None:
         """Tell every worker the run is over; wait up to ``grace`` s for the live ones."""
@@ -321,39 +311,65 @@ def serve(setup: Setup, index: int, opts: Options) -> int:
         shard.stop()
 
 
-class LeadServer(Simulation):
-    """Server 0: the simulator's run loop (files, evaluation, checkpoints, resume) around
-    distributed rounds."""
+class LeadServer:
+    """Server 0: runs the distributed rounds, with a
+    :class:`~byzsgd.engine.recorder.Recorder` writing the files (as for the simulator) plus
+    fault columns, ``faults.csv`` and ``timings.csv``."""
 
     round_columns: ClassVar[list[str]] = ROUND_COLUMNS + FAULT_COLUMNS
     metric_columns: ClassVar[list[str]] = [*METRIC_COLUMNS[:-1], "faults", METRIC_COLUMNS[-1]]
 
-    def __init__(self, setup: Setup, out: Path, opts: Options) -> None:
-        super().__init__(setup, out)
+    def __init__(self, setup: Setup, out: Path, opts: Options,
+                 recorder: Recorder | None = None) -> None:
+        self.s = setup
+        self.cfg = setup.config
+        self.out = out
         self.opts = opts
+        self.theta = setup.flat.initial()
         self.shard = ShardServer(setup, 0, opts)
         self.others = range(1, self.cfg.servers)
         self.buffer: Tensor | None = None  # the full momentum buffer, when gathered
         self.gathered = True  # self.theta and self.buffer are current
-        self.started = False
-        self.start = 0
-        self.resumed = False
         self.plan = FaultPlan("server", 0)
         self.faults = FaultLog(out / "faults.csv", self.cfg.rule_f)
         self.timings = out / "timings.csv"
         self._timeout = opts.timedelta("idle")
+        self.recorder = recorder or lead_recorder(setup, out)
 
-    # -- the hooks of the run loop ------------------------------------------------------------
+    def lr(self, t: int) -> float:
+        return self.shard.step.lr_at(t)
 
-    def run(self, *, resume: bool = False,
+    def run(self, *, resume: bool = False, overwrite: bool = False,
             progress: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
         try:
-            return super().run(resume=resume, progress=progress)
+            return self.recorder.run(self, resume=resume, overwrite=overwrite,
+                                     progress=progress)
         finally:
             self.stop()
 
+    # -- what the recorder asks ----------------------------------------------------------------
+
+    def begin(self, state: dict[str, Any] | None, start: int) -> None:
+        """Before round ``start``: reset (or truncate) the fault and timing files, and start
+        every server from the same theta and buffer (the checkpoint's when resuming)."""
+        if state is not None:
+            self.theta = state["theta"]
+            self.buffer = state["server"]["buffer"]
+            self.faults.totals.update(state.get("faults", {}))
+        self.gathered = True
+        self.faults.reset(fresh=state is None, below=start)
+        _restart_csv(self.timings, TIMING_COLUMNS, None if state is None else start)
+        for s in range(self.cfg.servers):
+            a, b = self.s.server.shards[s]
+            buffer = None if self.buffer is None else self.buffer[a:b]
+            if s == 0:
+                self.shard.load(self.theta[a:b], buffer)
+                continue
+            parts = [self.theta[a:b]] + ([] if buffer is None else [buffer])
+            protocol.send(Message(Kind.SYNC, start, parts), s, Channel.BETWEEN_SERVERS,
+                          self._timeout)
+
     def round(self, t: int) -> dict[str, float]:
-        self._begin()
         self.plan.before_send(t)
         tic = time.perf_counter()
         for s in self.others:
@@ -363,59 +379,32 @@ class LeadServer(Simulation):
             msg = protocol.recv(s, Channel.BETWEEN_SERVERS, self._timeout)
             reports.append(ShardReport.decode(msg.parts[0], s))
         self.gathered = False
-        attacked, byz, _ = round_threat(self.s, t)
+        draw = self.shard.adversary.draw(t)
+        byz = draw.byzantine
         status = torch.stack([r.status for r in reports]).amax(dim=0)
         details = {w: d for r in reversed(reports) for w, d in r.details.items()}
         counts = self.faults.record(t, status, details, byz)
-        diag = _diagnostics(torch.stack([r.sums for r in reports]).sum(dim=0))
+        diag = diagnostics_from_sums(torch.stack([r.sums for r in reports]).sum(dim=0))
         selected = [r.selected for r in reports]
-        row = {"round": t, "lr": self.lr(t), "attacked": int(attacked), **diag,
+        row = {"round": t, "lr": self.lr(t), "attacked": int(draw.attacked), **diag,
                "byzantine_selected": sum(selected) / len(selected), **counts}
         self._time(t, time.perf_counter() - tic, reports)
         return row
 
     def evaluate(self) -> dict[str, float]:
-        self._begin()
         self._gather()
-        return super().evaluate()
+        return self.s.evaluate(self.theta)
 
-    def state_dict(self) -> dict[str, Any]:
+    def state(self) -> dict[str, Any]:
         self._gather()
         return {"theta": self.theta, "server": {"buffer": self.buffer},
                 "faults": dict(self.faults.totals)}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.theta = state["theta"]
-        self.buffer = state["server"]["buffer"]
-        self.faults.totals.update(state.get("faults", {}))
-        self.start, self.resumed, self.gathered = state["round"], True, True
-
-    def interval_means(self, rows: list[dict[str, float]]) -> dict[str, float]:
-        return {**super().interval_means(rows), "faults": sum(r["faults"] for r in rows)}
-
-    def summary_extra(self) -> dict[str, Any]:
+    def report(self) -> dict[str, Any]:
         return {"backend": "distributed", "servers": self.cfg.servers,
                 "faults": dict(self.faults.totals)}
 
     # -- the other servers --------------------------------------------------------------------
-
-    def _begin(self) -> None:
-        """Once, before the first round or evaluation: reset (or truncate) the fault and
-        timing files, and start every server from the same theta and buffer."""
-        if self.started:
-            return
-        self.started = True
-        self.faults.reset(fresh=not self.resumed, below=self.start)
-        _restart_csv(self.timings, TIMING_COLUMNS, None if not self.resumed else self.start)
-        for s in range(self.cfg.servers):
-            a, b = self.s.server.shards[s]
-            buffer = None if self.buffer is None else self.buffer[a:b]
-            if s == 0:
-                self.shard.load(self.theta[a:b], buffer)
-                continue
-            parts = [self.theta[a:b]] + ([] if buffer is None else [buffer])
-            protocol.send(Message(Kind.SYNC, self.start, parts), s, Channel.BETWEEN_SERVERS,
-                          self._timeout)
 
     def _gather(self) -> None:
         """The full theta and momentum buffer, from every server's shard."""
@@ -451,6 +440,13 @@ class LeadServer(Simulation):
         self.shard.stop()
 
 
+def lead_recorder(setup: Setup, out: Path) -> Recorder:
+    """The recorder of the lead server: the simulator's files plus the fault columns."""
+    return Recorder(out, setup.config, d=setup.flat.d, epoch=setup.sampler.epoch,
+                    lr=setup.step().lr_at, round_columns=LeadServer.round_columns,
+                    metric_columns=LeadServer.metric_columns, totals=("faults",))
+
+
 def _restart_csv(path: Path, columns: list[str], below: int | None) -> None:
     """Write a fresh header (``below`` None), or keep the rows with round < ``below``."""
     rows: list[list[str]] = []
@@ -459,13 +455,3 @@ def _restart_csv(path: Path, columns: list[str], below: int | None) -> None:
             rows = [r for r in list(csv.reader(fh))[1:] if r and int(r[0]) < below]
     with open(path, "w", newline="") as fh:
         csv.writer(fh).writerows([columns, *rows])
-
-
-def _diagnostics(sums: Tensor) -> dict[str, float]:
-    """:func:`byzsgd.metrics.direction_diagnostics` from per-shard sums."""
-    inner, gg, aa, dd = (float(v) for v in sums)
-    norms = math.sqrt(gg) * math.sqrt(aa)
-    return {"inner_product": inner,
-            "cosine": inner / norms if norms > 0 and math.isfinite(norms) else float("nan"),
-            "aggregate_norm": math.sqrt(aa), "distance": math.sqrt(dd)}
-

@@ -4,29 +4,31 @@ Each round t: take ``ROUND(t, shard)`` from every server and join the shards int
 compute this worker's vector exactly as the simulator computes its row (same minibatch
 ``sampler.indices(t)[i]``, same label flipping, same local steps); send each server its
 shard. A worker knows by itself whether it is Byzantine in round t (the same
-``round_threat(setup, t)`` as everyone); if it is, under a classic attack, it then takes
+``Adversary.draw(t)`` as everyone); if it is, under a classic attack, it then takes
 ``KNOW`` from every server -- what the attack may know, joined over the shards -- runs the
 attack with the round's generator as the simulator does, and sends its own Byzantine row
 (all Byzantine workers compute the same f rows: they collude; each sends its own).
 
-Messages from a server come in order; a worker that fell behind (it hung) takes the newest
-round and drops what is stale.
+Messages travel over one connection per server (:mod:`.wire`), opened by :meth:`Worker.connect`
+(a worker is not a member of the servers' gloo group). Messages from a server come in order; a
+worker that fell behind (it hung) takes the newest round and drops what is stale.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import time
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
-from byzsgd.distributed import protocol
+from byzsgd.distributed import rendezvous, wire
 from byzsgd.distributed.faults import FaultPlan, garble
-from byzsgd.distributed.protocol import ABSTAIN, Channel, Kind, Message, Options
-from byzsgd.engine.round import flips_labels, forge, honest_vectors, round_threat
-from byzsgd.engine.simulator import Setup
-from byzsgd.seeding import seed_round_dropout
+from byzsgd.distributed.protocol import ABSTAIN, Kind, Message, Options
+from byzsgd.engine.round import Draw
+from byzsgd.engine.setup import Setup
 
 log = logging.getLogger("byzsgd.distributed")
 
@@ -37,18 +39,22 @@ class Worker:
     def __init__(self, setup: Setup, index: int, opts: Options) -> None:
         self.s = setup
         self.cfg = setup.config
+        self.workers = setup.workers()
+        self.adversary = setup.adversary()
+        self.step = setup.step()
         self.index = index
         self.servers = range(self.cfg.servers)
         self.shards = setup.server.shards
         self.timeout = opts.timedelta("idle")
         self.plan = FaultPlan("worker", index)
         self._pushed: list[Message | None] = [None] * self.cfg.servers
+        self._channels: list[socket.socket] = []  # to each server (connect)
 
     def warm_up(self) -> None:
         """Compute one vector before joining (first calls compile and allocate), so that the
         round deadline measures steady-state work."""
         theta = self.s.flat.initial()
-        honest_vectors(self.s, theta, 0, None, rows=[self.index])
+        self.workers.vectors(theta, 0, self.step.lr_at(0), [self.index])
 
     def run(self) -> int:
         """Work until a server says stop (0); a lost server raises ``RuntimeError``."""
@@ -58,23 +64,24 @@ class Worker:
         return 0
 
     def _round(self, t: int, theta: Tensor) -> None:
-        cfg, s = self.cfg, self.s
         tic = time.perf_counter()
-        seed_round_dropout(cfg.seed, t)
-        attacked, byz, g = round_threat(s, t)
-        flip = byz if attacked and flips_labels(s) else None
-        vector = honest_vectors(s, theta, t, flip, rows=[self.index])[0]
+        draw = self.adversary.draw(t)
+        byz = draw.byzantine
+        label_map = self.adversary.label_map()
+        flip = byz if draw.attacked and label_map is not None else None
+        vector = self.workers.vectors(theta, t, self.step.lr_at(t), [self.index], flip=flip,
+                                      label_map=label_map)[0]
         micros = int(1e6 * (time.perf_counter() - tic))
         garbage = self.plan.before_send(t)
         for server, (a, b) in zip(self.servers, self.shards, strict=True):
             msg = Message(Kind.VEC, t, [vector[a:b]], extra=micros)
             self._send(garble(garbage, msg) if garbage else msg, server)
-        if attacked and not s.attack.dimensional and self.index in byz.tolist():
-            self._attack(t, theta, g)
+        if draw.attacked and not self.adversary.dimensional and self.index in byz.tolist():
+            self._attack(t, theta, draw)
 
     # -- the attack --------------------------------------------------------------------------
 
-    def _attack(self, t: int, theta: Tensor, g: torch.Generator) -> None:
+    def _attack(self, t: int, theta: Tensor, draw: Draw) -> None:
         knows = [self._know(t, server) for server in self.servers]
         listed = [k is not None and self.index in _own(k) for k in knows]
         if any(k is None for k in knows):
@@ -90,8 +97,11 @@ class Worker:
         honest = torch.cat([_rows(k, seen) for k in knows], dim=1) if seen else None
         n = self.cfg.workers if honest is None else len(own) + len(seen)
         try:
-            rows = forge(self.s, t, theta, g, honest=honest, own=own_rows,
-                         f=int(own_rows.shape[0]), n=n)
+            rows = self.adversary.forge(draw, t, theta, self.step.lr_at(t), self.s.server.rule,
+                                        honest=honest, own=own_rows,
+                                        f=int(own_rows.shape[0]), n=n,
+                                        honest_ids=torch.tensor(seen, dtype=torch.long)
+                                        if seen else None)
         except ValueError as e:
             self._abstain(t, listed, f"the attack failed: {e}")
             return
@@ -135,15 +145,26 @@ class Worker:
                 shards = [m.parts[0].reshape(-1) for m in got]  # type: ignore[union-attr]
                 return target, shards[0] if len(shards) == 1 else torch.cat(shards)
 
+    def connect(self, store: dist.Store) -> None:
+        """Open this worker's connection to every server (:mod:`.wire`; the store says where
+        they listen); :class:`~.wire.ChannelError` if a server refuses it."""
+        timeout = self.timeout.total_seconds()
+        self._channels = [wire.connect(*rendezvous.lookup(store, server), self.index,
+                                       wire.secret(), timeout) for server in self.servers]
+
     def _take(self, server: int) -> Message:
         msg = self._pushed[server]
         if msg is not None:
             self._pushed[server] = None
             return msg
-        return protocol.recv(server, Channel.TO_WORKER, self.timeout)
+        return wire.read(self._channels[server])  # a server is trusted: no size limit
 
-    def _send(self, msg: Message, server: int) -> None:
-        protocol.send(msg, server, Channel.TO_SERVER, self.timeout)
+    def _send(self, msg: Message | bytes, server: int) -> None:
+        """Send ``msg`` to ``server``; raw bytes only from fault injection."""
+        if isinstance(msg, bytes):
+            wire.write_raw(self._channels[server], msg)
+        else:
+            wire.write(self._channels[server], msg)
 
 
 def _own(know: Message) -> list[int]:

@@ -22,6 +22,11 @@ class BackdoorTask:
     dataset: Dataset
     seed: int
 
+    def __post_init__(self) -> None:
+        if self.kind == "pattern":  # a 5x5 square of pixels: images only
+            self.dataset.require_images("backdoor='pattern' (a 5x5 pixel pattern; use "
+                                        "backdoor='sample' for other data)")
+
     def attacker_batch(self, t: int) -> tuple[Tensor, Tensor]:
         """The inputs and attacker-chosen labels of round t.
 
