@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from functools import cmp_to_key
 from numbers import Integral
 
 import torch
@@ -13,6 +14,7 @@ from byzsgd.constraints import Interval
 
 from ._base import P_NORM, Aggregation, as_gradients, check_f, require
 from ._registry import register
+from ._rows import compare_rows
 from .distances import Geometry, geometry
 
 #: Subsets evaluated per vectorized step.
@@ -30,21 +32,28 @@ def check_brute(n: int, f: int, max_subsets: int = 1_000_000) -> None:
             f"f, raise max_subsets, or use krum/bulyan")
 
 
-def smallest_diameter_subset(sqdist: Tensor, f: int) -> Tensor:
+def smallest_diameter_subset(sqdist: Tensor, f: int, *, rows: Tensor | None = None,
+                             index: Tensor | None = None) -> Tensor:
     """The (n - f)-subset of rows with the smallest diameter (max pairwise distance), as
     sorted indices.
 
     Several subsets often share the smallest diameter (it is set by one pair, so dropping
     any of the other rows changes nothing); among them we take the one with the smallest sum
-    of pairwise squared distances (the most clumped), which keeps the rule invariant under a
-    permutation of the workers. Exact ties left after that go to the first subset in
-    lexicographic order.
+    of pairwise squared distances (the most clumped). Subsets still tied after that are told
+    apart by value: the one whose mean of ``rows[index[i]]`` comes first lexicographically
+    (the mean is what Brute outputs, and choosing by it does not depend on how the workers are
+    numbered). Without ``rows`` the first tied subset in lexicographic order of indices wins.
     """
     n = sqdist.shape[0]
     size = n - f
     inf = float("inf")
     best_key = (inf, inf)
-    best: tuple[int, ...] = tuple(range(size))
+    best = tuple(range(size))
+    # Subsets tied at the best key, one per multiset of row values (``classes``: the first row
+    # equal to each row, computed on the first tie only); copies of one vector tie by the
+    # C(n, f) without adding a distinct candidate.
+    tied_sets: dict[tuple[int, ...], tuple[int, ...]] = {}
+    classes: list[int] | None = None
     combos = itertools.combinations(range(n), size)
     while True:
         chunk = list(itertools.islice(combos, CHUNK))
@@ -59,14 +68,43 @@ def smallest_diameter_subset(sqdist: Tensor, f: int) -> Tensor:
         i = int(torch.argmin(spread))
         key = (float(diameters[i]), float(spread[i]))
         if key < best_key:
-            best_key = key
-            best = chunk[i]
+            best_key, best = key, chunk[i]
+            tied_sets = {}
+        if key == best_key and rows is not None and math.isfinite(key[1]):
+            tied = ((diameters == diameters[i]) & (spread == spread[i])).nonzero().flatten()
+            if tied.numel() > 1 or tied_sets or chunk[i] != best:
+                if classes is None:
+                    classes = _value_classes(rows, index, n)
+                for j in tied.tolist():
+                    tied_sets.setdefault(tuple(sorted(classes[r] for r in chunk[j])), chunk[j])
+                tied_sets.setdefault(tuple(sorted(classes[r] for r in best)), best)
+    if len(tied_sets) > 1 and rows is not None:
+        candidates = list(tied_sets.values())
+        means = [rows[[_at(index, r) for r in s]].double().mean(0) for s in candidates]
+        first = min(range(len(candidates)),
+                    key=cmp_to_key(lambda a, b: compare_rows(means[a], means[b])))
+        best = candidates[first]
     return torch.tensor(best, dtype=torch.long)
+
+
+def _at(index: Tensor | None, i: int) -> int:
+    return i if index is None else int(index[i])
+
+
+def _value_classes(rows: Tensor, index: Tensor | None, n: int) -> list[int]:
+    """For each of the n positions, the first position whose row has the same values."""
+    classes = list(range(n))
+    for i in range(n):
+        for j in range(i):
+            if classes[j] == j and torch.equal(rows[_at(index, i)], rows[_at(index, j)]):
+                classes[i] = j
+                break
+    return classes
 
 
 def brute_selection(geo: Geometry, f: int, **_: object) -> Tensor:
     """The n - f rows Brute averages, from the geometry alone."""
-    return smallest_diameter_subset(geo.sqdist, f)
+    return smallest_diameter_subset(geo.sqdist, f, rows=geo.rows)
 
 
 @register("brute", summary="mean of the n - f vectors of smallest diameter, El Mhamdi et al. 2.3.1",

@@ -14,11 +14,13 @@ from ._base import P_NORM, Aggregation, as_gradients, check_f, require
 from ._orderstats import coordinate_mean_around_median
 from ._registry import register
 from .brute import check_brute, smallest_diameter_subset
-from .distances import Geometry, geometry, rank_by_sum
-from .geomed import WEISZFELD, squared_distances_to_combination, weiszfeld
+from .distances import Geometry, argmin_settled, geometry
+from .geomed import WEISZFELD, medoid_order, squared_distances_to_combination, weiszfeld
 from .krum import krum_scores_order
 
 BASES = ("krum", "medoid", "geomed", "brute")
+#: Squared distances to A's output within this relative gap of the least are a tie.
+TIE_RTOL = 1e-6
 
 
 def check_bulyan(n: int, f: int, base: str = "krum", p: float = 2.0,
@@ -36,7 +38,12 @@ def check_bulyan(n: int, f: int, base: str = "krum", p: float = 2.0,
 def _closest_to_combination(x: Tensor | None, geo: Geometry, remaining: Tensor,
                             alpha: Tensor) -> int:
     """Position in ``remaining`` of the row closest to ``sum_i alpha_i x_i`` (from the Gram
-    matrix when the geometry has one, else from the rows ``x``)."""
+    matrix when the geometry has one, else from the rows ``x``); invalid rows are at +inf.
+
+    Rows at the same distance (within ``TIE_RTOL``: the combination, a Weiszfeld iterate, is
+    known to about 1e-6 of the rows' spread) are told apart by value, not by index: the
+    geometric median and the mean of two rows are equally far from both, and which one
+    rounding put first decided before."""
     if geo.gram is not None:
         sq = squared_distances_to_combination(geo.gram, alpha)[remaining]
     else:
@@ -46,7 +53,7 @@ def _closest_to_combination(x: Tensor | None, geo: Geometry, remaining: Tensor,
         point = geo.combine(x, alpha)[None]
         sq = torch.cdist(point.double(), x[remaining].double(), p=geo.p)[0]
     sq = torch.where(geo.valid[remaining], sq, torch.full_like(sq, float("inf")))
-    return int(torch.argmin(sq))
+    return argmin_settled(sq, x, remaining, rtol=TIE_RTOL)
 
 
 def _pick(base: str, x: Tensor | None, geo: Geometry, remaining: Tensor, f: int, *,
@@ -55,9 +62,9 @@ def _pick(base: str, x: Tensor | None, geo: Geometry, remaining: Tensor, f: int,
     (in ``remaining``) of the vector A chose, or of the vector closest to A's output."""
     sub = geo.sqdist[remaining][:, remaining]
     if base == "krum":
-        return int(krum_scores_order(sub, f)[0])
+        return int(krum_scores_order(sub, f, cut=1, rows=x, index=remaining)[0])
     if base == "medoid":
-        return int(rank_by_sum(sub.sqrt())[0])
+        return int(medoid_order(geo, remaining, rows=x)[0])
     alpha = torch.zeros(geo.sqdist.shape[0], dtype=torch.float64)
     if base == "geomed":
         assert geo.gram is not None
@@ -66,7 +73,7 @@ def _pick(base: str, x: Tensor | None, geo: Geometry, remaining: Tensor, f: int,
             return 0
         alpha = weiszfeld(geo.gram, members, tol=tol, max_iter=max_iter)
     else:  # brute: its output is the mean of the smallest-diameter subset
-        subset = remaining[smallest_diameter_subset(sub, f)]
+        subset = remaining[smallest_diameter_subset(sub, f, rows=x, index=remaining)]
         alpha[subset] = 1.0 / subset.numel()
     return _closest_to_combination(x, geo, remaining, alpha)
 
@@ -75,7 +82,14 @@ def bulyan_selection(geo: Geometry, f: int, *, base: str = "krum", tol: float = 
                      max_iter: int = 200, x: Tensor | None = None, **_: object) -> Tensor:
     """Bulyan's selection set (sorted): theta = n - 2f iterations of the rule ``base`` on the
     rows not yet selected. From the geometry alone, except for bases ``geomed`` and ``brute``
-    in a norm without a Gram matrix (p != 2), which need the rows ``x``."""
+    in a norm without a Gram matrix (p != 2), which need the rows ``x`` (``geo.rows`` when not
+    given).
+
+    No step lets the row numbering decide: ties in A's choice go to the further geometric
+    key, then to the rows' values (see :func:`~.krum.krum_scores_order`); rows with NaN or
+    infinite values (the distributed runtime's absent workers) are never picked while a valid
+    row remains."""
+    x = geo.rows if x is None else x
     n = geo.sqdist.shape[0]
     remaining = torch.arange(n)
     selection: list[int] = []

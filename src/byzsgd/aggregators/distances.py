@@ -13,20 +13,35 @@ coordinates) so a Byzantine outlier is never the origin.
 
 Hostile rows: a row with a NaN/Inf value, or whose squared norm overflows, is *invalid*: it is
 at distance +inf from every row (and from itself), so it never wins a nearest-neighbour
-contest, while it still counts as a worker in n.
+contest, while it still counts as a worker in n. (In float32 the Gram sums overflow once a
+row's squared distance to the pivot passes ~3.4e38, e.g. values of 1e20; the same row given in
+float64 is valid and merely far away.) Finite rows of any smaller magnitude keep the honest
+rows' distances exact: the pivot is an honest row, so a huge row only enlarges its own Gram
+row and column.
+
+Ties: a rule that ranks rows (Krum, Multi-Krum, the Medoid, Bulyan's iterations) must not let
+the rows' *order* decide between rows of equal score, or the output changes when the workers
+are numbered differently (and the simulator numbers the Byzantine workers last).
+:func:`rank_by_sum` sums each row's costs in ascending order (a function of the multiset of
+costs, not of the column order) and settles ties that straddle the cut a rule takes by a
+further geometric key and then by the rows' values (:func:`byzsgd.aggregators._rows.
+compare_rows`): both are functions of the rows, not of their positions.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cmp_to_key
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from ._gram import centered_gram
 from ._linf import linf_distances
 from ._orderstats import coordinate_median
-from ._rows import row_finite, rows_equal, sample_spread, suffix_sources
+from ._rows import compare_rows, row_finite, rows_equal, sample_spread, suffix_sources
 
 #: Coordinates sampled to choose the pivot row (it only has to be near the bulk of the rows).
 PIVOT_SAMPLE = 512
@@ -38,18 +53,23 @@ class Geometry:
 
     ``gram`` is the centered Gram matrix (float64, ``None`` unless ``p == 2``), ``sqdist`` the
     squared ``p``-norm distances (float64, +inf for invalid rows, 0 on the diagonal of valid
-    rows), ``valid`` marks rows with finite values and finite squared norm.
+    rows), ``valid`` marks rows with finite values and finite squared norm. ``rows`` is the
+    input itself when the geometry was computed from it (not copied): the rules read it only
+    to break exact ties by value; ``None`` for a geometry known without the rows (the leeway
+    attacks' model), whose ties then go to the lower index.
     """
 
     sqdist: Tensor
     valid: Tensor
     gram: Tensor | None
     p: float
+    rows: Tensor | None = None
 
     @property
     def dist(self) -> Tensor:
-        """Distances (not squared)."""
-        return self.sqdist.sqrt()
+        """Distances (not squared). (numpy: torch sends a float64 sqrt of n^2 values to a
+        threaded kernel, 30 ms instead of 10 us on a loaded host.)"""
+        return torch.from_numpy(np.sqrt(self.sqdist.numpy()))
 
     def combine(self, x: Tensor, weights: Tensor) -> Tensor:
         """``sum_i weights_i x_i`` over the rows of ``x`` this geometry describes: one
@@ -195,10 +215,11 @@ def geometry(x: Tensor, p: float = 2.0) -> Geometry:
         sq = (linf_distances(clean) if p == float("inf")
               else torch.cdist(clean, clean, p=p)).square_()
         valid &= torch.isfinite(sq.diagonal()) & torch.isfinite(sq).all(dim=1)
-    return finish_geometry(sq, valid, gram, p)
+    return finish_geometry(sq, valid, gram, p, rows=x)
 
 
-def finish_geometry(sq: Tensor, valid: Tensor, gram: Tensor | None, p: float) -> Geometry:
+def finish_geometry(sq: Tensor, valid: Tensor, gram: Tensor | None, p: float,
+                    rows: Tensor | None = None) -> Geometry:
     """The :class:`Geometry` of squared distances ``sq`` (float64, modified in place): rows
     not ``valid`` at +inf from everything, 0 on the diagonal of valid rows."""
     if bool(valid.all()):
@@ -209,18 +230,87 @@ def finish_geometry(sq: Tensor, valid: Tensor, gram: Tensor | None, p: float) ->
         sq[:, ~valid] = inf
         idx = torch.arange(sq.shape[0])
         sq[idx[valid], idx[valid]] = 0.0
-    return Geometry(sqdist=sq, valid=valid, gram=gram, p=p)
+    return Geometry(sqdist=sq, valid=valid, gram=gram, p=p, rows=rows)
 
 
-def rank_by_sum(costs: Tensor) -> Tensor:
+def rank_by_sum(costs: Tensor, *, cut: int = 0, profile: Tensor | None = None,
+                rows: Tensor | None = None, index: Tensor | None = None,
+                presorted: bool = False) -> Tensor:
     """Order rows by the sum of their (n, k) ``costs`` rows, lowest first.
 
     Infinite costs make plain sums useless (every row facing a Byzantine row at overflow
     distance would tie at +inf), so rows are ranked lexicographically: fewest infinite terms
-    first, then the sum of the finite terms, then the row index.
+    first, then the sum of the finite terms. Each row's terms are summed in ascending order
+    (``presorted``: the caller's rows already are), so a sum depends on the row's multiset of
+    costs only, not on where the columns are.
+
+    A rule that keeps the first ``cut`` rows of the order must not let the row numbering pick
+    among rows of equal key on either side of the cut. Those rows are ordered, among
+    themselves, by their ``profile`` rows compared lexicographically (for Krum: the squared
+    distances to the neighbours beyond the k counted, nearest first), then by their values
+    (``rows[index[i]]``, :func:`~byzsgd.aggregators._rows.compare_rows`), then by index,
+    which can only matter between rows of equal values. Without ``cut`` (0), or without
+    ``rows``, the remaining ties go to the lower index.
     """
-    finite = torch.isfinite(costs)
-    n_inf = (~finite).sum(dim=1)
-    finite_sum = torch.where(finite, costs, torch.zeros((), dtype=costs.dtype)).sum(dim=1)
-    order = torch.argsort(finite_sum, stable=True)
-    return order[torch.argsort(n_inf[order], stable=True)]
+    # numpy: on these (n, k) arrays (n ~ 50, called n - 2f times by Bulyan) each torch call's
+    # fixed cost would be most of the time.
+    c = costs.detach().numpy()
+    if not presorted:
+        c = np.sort(c, axis=1)
+    finite = np.isfinite(c)
+    n_inf = c.shape[1] - finite.sum(axis=1)
+    finite_sum = np.where(finite, c, 0.0).sum(axis=1)
+    order = np.lexsort((finite_sum, n_inf))  # stable: n_inf first, then the sum, then index
+    n = order.size
+    if 0 < cut < n:
+        last, after = order[cut - 1], order[cut]
+        if n_inf[last] == n_inf[after] and finite_sum[last] == finite_sum[after]:
+            tied = (n_inf == n_inf[last]) & (finite_sum == finite_sum[last])
+            order = _settle(order, tied, profile, rows, index)
+    return torch.from_numpy(order)
+
+
+def _settle(order: np.ndarray, tied: np.ndarray, profile: Tensor | None, rows: Tensor | None,
+            index: Tensor | None) -> np.ndarray:
+    """``order`` with its run of ``tied`` rows (contiguous in it) reordered by ``profile``,
+    then value, then index."""
+    group = np.flatnonzero(tied[order])
+    lo, hi = int(group[0]), int(group[-1]) + 1
+    members = order[lo:hi].tolist()
+    members.sort(key=cmp_to_key(_tie_comparator(profile, rows, index)))
+    order = order.copy()
+    order[lo:hi] = members
+    return order
+
+
+def _tie_comparator(profile: Tensor | None, rows: Tensor | None,
+                    index: Tensor | None) -> Callable[[int, int], int]:
+    def compare(i: int, j: int) -> int:
+        if profile is not None and profile.shape[1]:
+            differ = (profile[i] != profile[j]).nonzero()
+            if differ.numel():
+                c = int(differ[0])
+                return -1 if profile[i, c] < profile[j, c] else 1
+        if rows is not None:
+            a, b = (i, j) if index is None else (int(index[i]), int(index[j]))
+            by_value = compare_rows(rows[a], rows[b])
+            if by_value:
+                return by_value
+        return -1 if i < j else (1 if i > j else 0)
+
+    return compare
+
+
+def argmin_settled(values: Tensor, rows: Tensor | None = None, index: Tensor | None = None,
+                   *, rtol: float = 0.0) -> int:
+    """Position of the smallest of ``values`` (1-D, NaN read as +inf); among the values within
+    ``rtol`` (relative) of the smallest, the one whose row ``rows[index[i]]`` comes first by
+    value (:func:`~byzsgd.aggregators._rows.compare_rows`), so the row numbering does not
+    choose. ``rtol`` makes ties of values known only approximately (distances to an iterate)
+    ties, instead of leaving them to the rounding."""
+    values = _nan_to_inf(values)
+    best = float(values.min())
+    tied = (values <= best + rtol * abs(best)).nonzero().flatten().tolist()
+    if len(tied) > 1:
+        tied.sort(key=cmp_to_key(_tie_comparator(None, rows, index)))
+    return tied[0]
