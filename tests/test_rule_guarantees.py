@@ -87,8 +87,7 @@ def sizes(name, params):
 
 
 #: Rules known to break a guarantee here, with why (to fix in the rule, then drop from here).
-KNOWN = {"rfa": "rfa.py starts from rank_by_sum(...)[0] without settling ties (cut/rows), so "
-                "with NaN or +-float32-max rows its output depends on the row order"}
+KNOWN: dict[str, str] = {}
 
 CASES = [pytest.param(name, params, n, f, id=f"{name}{params or ''}-n{n}f{f}",
                       marks=[pytest.mark.xfail(reason=KNOWN[name], strict=False)]

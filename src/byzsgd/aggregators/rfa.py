@@ -14,8 +14,8 @@ from byzsgd.constraints import Interval, Options
 
 from ._base import Aggregation, as_gradients, check_f, require
 from ._registry import register
-from .distances import geometry, rank_by_sum
-from .geomed import squared_distances_to_combination
+from .distances import geometry
+from .geomed import medoid_order, squared_distances_to_combination
 
 INITS = ("medoid", "mean")
 
@@ -65,7 +65,8 @@ def rfa_select(gradients: Tensor, f: int, *, nu: float = 0.1, iters: int = 3,
     k = members.numel()
     if init == "medoid":
         alpha = torch.zeros(k, dtype=torch.float64)
-        alpha[rank_by_sum(geo.dist[members][:, members])[0]] = 1.0
+        # The medoid with its ties settled by geometry, then by value: never by row order.
+        alpha[medoid_order(geo, members, rows=x)[0]] = 1.0
     else:
         alpha = torch.full((k,), 1.0 / k, dtype=torch.float64)
     for _ in range(iters):
