@@ -15,6 +15,7 @@ from byzsgd.flags import (
     positive_int,
     resolve_config,
     seed_list,
+    with_file_plugins,
 )
 
 DEMO_OUT = "runs/demo"
@@ -60,7 +61,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from byzsgd.experiment import Sweep, format_table, run_sweep
     from byzsgd.plots import plot_curves, plot_heatmap
 
-    sweep = Sweep.from_toml(args.config, config_overrides(args), args.seeds)
+    sweep = Sweep.from_toml(args.config, with_file_plugins(config_overrides(args),
+                                                           args.config), args.seeds)
+    sweep.base.load_plugins()
     table = run_sweep(sweep, args.out, jobs=args.jobs, quiet=args.quiet)
     print(format_table(table))
     out = Path(args.out)
