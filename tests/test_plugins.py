@@ -1,0 +1,269 @@
+"""A user's path end to end (issue 12): a plugin module written here registers a tabular data
+set, a model with BatchNorm and LayerNorm, a rule (a plain function) and an attack; ``byzsgd run
+--plugin`` trains on them and records them truthfully, resumes after a SIGKILL with the numbers
+of an uninterrupted run, runs in a sweep of two processes and on the distributed backend; bad
+plugins fail before training with a message naming them."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from byzsgd.cli import main
+from byzsgd.config import ConfigError, ExperimentConfig, load_toml
+from byzsgd.results import read_csv, read_json
+
+PLUGIN = '''
+import os
+import time
+
+import torch
+from torch import nn
+
+from byzsgd import aggregators, attacks, data, models
+
+
+@data.register("plug-tab", summary="4 Gaussian classes in 12 dimensions (tabular rows)")
+def plug_tab(data_dir, download):
+    g = torch.Generator().manual_seed(7)
+    y = torch.randint(0, 4, (700,), generator=g)
+    x = 2 * torch.randn(4, 12, generator=g)[y] + torch.randn(700, 12, generator=g)
+    return data.Dataset.from_tensors(x[:600], y[:600], x[600:], y[600:], name="plug-tab")
+
+
+@models.register("plug-norm", summary="12-16-16-k MLP with BatchNorm and LayerNorm")
+def plug_norm(input_shape, num_classes):
+    return nn.Sequential(nn.Linear(input_shape[0], 16), nn.BatchNorm1d(16), nn.ReLU(),
+                         nn.Linear(16, 16), nn.LayerNorm(16), nn.ReLU(),
+                         nn.Linear(16, num_classes))
+
+
+@aggregators.register("plug-trim", summary="coordinate-wise mean without the f extremes")
+def plug_trim(gradients, f):
+    if os.environ.get("PLUG_SLOW"):  # slows the run down (for the kill), numbers unchanged
+        time.sleep(float(os.environ["PLUG_SLOW"]))
+    s = gradients.sort(dim=0).values
+    return s[f: gradients.shape[0] - f].mean(dim=0)
+
+
+@attacks.register
+class PlugShift(attacks.ClassicAttack):
+    """The honest mean shifted by -scale times itself."""
+
+    name = "plug-shift"
+    summary = "mean(honest) * (1 - scale)"
+    supported_knowledge = ("omniscient",)
+    constraints = {"scale": [float, int]}
+
+    def __init__(self, *, scale=3.0, knowledge=None):
+        super().__init__(knowledge=knowledge)
+        self.scale = float(scale)
+
+    def forge(self, ctx):
+        return ctx.rows(ctx.need_honest().mean(dim=0) * (1 - self.scale))
+'''
+
+CONFIG = dict(dataset="plug-tab", model="plug-norm", aggregator="plug-trim",
+              attack="plug-shift", workers=5, byzantine=1, batch_size=16, lr=0.1,
+              momentum=0.5, eval_every=10, eval_train_samples=100, seed=3)
+#: Columns that measure time, not the run.
+CLOCK = {"rounds_per_s"}
+
+
+@pytest.fixture
+def plugin(tmp_path: Path) -> Path:
+    path = tmp_path / "plug_e2e.py"
+    path.write_text(PLUGIN)
+    return path
+
+
+def flags(values: dict[str, object]) -> list[str]:
+    return [x for k, v in values.items() for x in ("--" + k.replace("_", "-"), str(v))]
+
+
+def byzsgd(*args: str, env: dict[str, str] | None = None, timeout: float = 240
+           ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "byzsgd.cli", *args], capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def numbers(out: Path) -> list[dict[str, float]]:
+    rows = read_csv(out / "metrics.csv") + read_csv(out / "rounds.csv")
+    return [{k: float(v) for k, v in r.items() if k not in CLOCK} for r in rows]
+
+
+def assert_same(a: Path, b: Path, rtol: float = 0.0) -> None:
+    xs, ys = numbers(a), numbers(b)
+    assert len(xs) == len(ys)
+    for x, y in zip(xs, ys, strict=True):
+        for key in x:
+            u, v = x[key], y[key]
+            assert (math.isnan(u) and math.isnan(v)) or math.isclose(
+                u, v, rel_tol=rtol, abs_tol=1e-6 if rtol else 0.0), (x["round"], key, u, v)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_plugin_run_records_names_and_resumes_after_sigkill(tmp_path: Path, plugin: Path
+                                                           ) -> None:
+    values = {**CONFIG, "rounds": 60}
+    whole = tmp_path / "whole"
+    done = byzsgd("run", "--plugin", str(plugin), "--out", str(whole), "--quiet",
+                  *flags(values))
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = load_toml(whole / "config.toml")
+    assert {k: record[k] for k in ("dataset", "model", "aggregator", "attack")} == {
+        "dataset": "plug-tab", "model": "plug-norm", "aggregator": "plug-trim",
+        "attack": "plug-shift"}
+    assert record["plugins"] == [str(plugin.resolve())]
+    summary = read_json(whole / "summary.json")
+    assert summary["status"] == "complete" and summary["final_test_accuracy"] > 0.5
+
+    # killed mid-run (a real process, SIGKILL once a checkpoint exists), then resumed from its
+    # own record without re-typing --plugin
+    cut = tmp_path / "cut"
+    cmd = [sys.executable, "-m", "byzsgd.cli", "run", "--plugin", str(plugin), "--out",
+           str(cut), "--quiet", *flags(values)]
+    proc = subprocess.Popen(cmd, env={**os.environ, "PLUG_SLOW": "0.05"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 200
+    while not (cut / "checkpoint.pt").exists() and proc.poll() is None \
+            and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert read_json(cut / "summary.json")["status"] == "running"
+    assert len(read_csv(cut / "rounds.csv")) < 60
+    resumed = byzsgd("run", "--config", str(cut / "config.toml"), "--out", str(cut),
+                     "--resume", "--quiet")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert read_json(cut / "summary.json")["status"] == "complete"
+    assert_same(whole, cut)
+
+    # re-run from the record alone, in another folder: the same numbers
+    again = tmp_path / "again"
+    rerun = byzsgd("run", "--config", str(whole / "config.toml"), "--out", str(again),
+                   "--quiet")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert_same(whole, again)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_plugin_in_a_sweep_of_two_processes(tmp_path: Path, plugin: Path) -> None:
+    base = {**CONFIG, "rounds": 20}
+    text = "[experiment]\n" + "".join(f"{k} = {v!r}\n".replace("'", '"')
+                                      for k, v in base.items())
+    text += f'plugins = ["{plugin}"]\n[sweep]\naggregator = ["plug-trim", "median"]\n'
+    text += 'attack = ["plug-shift", "none"]\n'
+    config = tmp_path / "grid.toml"
+    config.write_text(text)
+    out = tmp_path / "sweep"
+    done = byzsgd("sweep", "--config", str(config), "--out", str(out), "--jobs", "2",
+                  "--no-plot", "--quiet")
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = read_csv(out / "sweep.csv")
+    assert sorted((r["aggregator"], r["attack"]) for r in table) == [
+        ("median", "none"), ("median", "plug-shift"), ("plug-trim", "none"),
+        ("plug-trim", "plug-shift")]
+    runs = sorted(p.parent for p in out.glob("*/summary.json"))
+    assert len(runs) == 4
+    for run in runs:
+        assert read_json(run / "summary.json")["status"] == "complete"
+        assert load_toml(run / "config.toml")["plugins"] == [str(plugin)]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_plugin_on_the_distributed_backend(tmp_path: Path, plugin: Path) -> None:
+    """The server and worker processes import the plugin (the file path travels in the config)
+    and give the simulator's numbers."""
+    values = {**CONFIG, "workers": 3, "rounds": 6, "eval_every": 3}
+    sim = tmp_path / "sim"
+    done = byzsgd("run", "--plugin", str(plugin), "--out", str(sim), "--quiet",
+                  *flags(values))
+    assert done.returncode == 0, done.stderr[-3000:]
+    dist = tmp_path / "dist"
+    done = byzsgd("run", "--backend", "distributed", "--plugin", str(plugin), "--out",
+                  str(dist), "--quiet", "--deadline", "20", "--connect-timeout", "60",
+                  "--idle-timeout", "60", *flags(values))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert read_json(dist / "summary.json")["status"] == "complete"
+    assert load_toml(dist / "config.toml")["model"] == "plug-norm"
+    assert_same(sim, dist, rtol=1e-4)
+
+
+# -- bad plugins fail before training, naming the plugin -------------------------------------
+
+def run_cli(capsys: pytest.CaptureFixture[str], out: Path, *args: str) -> tuple[int, str]:
+    code = main(["run", "--out", str(out), "--quiet", "--rounds", "2", *args])
+    return code, capsys.readouterr().err
+
+
+def test_unknown_plugin_module_is_a_config_error(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = run_cli(capsys, tmp_path / "out", "--plugin", "no_such_plugin_xyz")
+    assert code == 2
+    assert "plugin 'no_such_plugin_xyz': no module named 'no_such_plugin_xyz'" in err
+    assert "PYTHONPATH" in err and not (tmp_path / "out").exists()
+    code, err = run_cli(capsys, tmp_path / "out", "--plugin", str(tmp_path / "missing.py"))
+    assert code == 2 and "missing.py" in err and "no such file" in err
+
+
+def test_a_plugin_that_raises_shows_its_last_line(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "plug_raises.py"
+    bad.write_text("x = 1\nraise RuntimeError('the plugin is broken here')\n")
+    code, err = run_cli(capsys, tmp_path / "out", "--plugin", str(bad))
+    assert code == 2
+    assert "plug_raises.py" in err and "raised on import" in err
+    assert "RuntimeError: the plugin is broken here" in err and "line 2" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_plugin_that_imports_a_missing_module_is_not_called_unknown(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+        ) -> None:
+    (tmp_path / "plug_needs_dep.py").write_text("import not_installed_dep_xyz\n")
+    monkeypatch.chdir(tmp_path)  # a module name, importable from the current folder
+    code, err = run_cli(capsys, tmp_path / "out", "--plugin", "plug_needs_dep")
+    assert code == 2 and "plugin 'plug_needs_dep' raised on import" in err
+    assert "No module named 'not_installed_dep_xyz'" in err
+
+
+def test_a_clashing_registration_names_both(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    clash = tmp_path / "plug_clash.py"
+    clash.write_text("from byzsgd import aggregators\n\n"
+                     "@aggregators.register('median')\n"
+                     "def my_median(gradients, f):\n    return gradients.mean(dim=0)\n")
+    code, err = run_cli(capsys, tmp_path / "out", "--plugin", str(clash))
+    assert code == 2 and "plug_clash.py" in err
+    assert "aggregation rule 'median' is already registered by" in err
+    assert "choose another name" in err and not (tmp_path / "out").exists()
+
+
+def test_plugins_field_type_and_merge(tmp_path: Path, plugin: Path) -> None:
+    with pytest.raises(ConfigError, match="plugins must be a list"):
+        ExperimentConfig(plugins="x").validate()  # type: ignore[arg-type]
+    relative = os.path.relpath(plugin)
+    config = ExperimentConfig(plugins=[relative, str(plugin), "json"])
+    assert config.plugins == [str(plugin.resolve()), "json"]
+    assert "plugins" not in ExperimentConfig().to_dict()  # records without plugins unchanged
+    toml = tmp_path / "c.toml"
+    toml.write_text('plugins = ["json"]\n')
+    # in a process of its own: the plugin's registrations stay out of this one
+    done = byzsgd("run", "--config", str(toml), "--plugin", str(plugin), "--out",
+                  str(tmp_path / "o"), "--quiet", *flags({**CONFIG, "rounds": 2,
+                                                          "eval_every": 1}))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert load_toml(tmp_path / "o" / "config.toml")["plugins"] == ["json",
+                                                                    str(plugin.resolve())]
