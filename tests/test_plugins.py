@@ -267,3 +267,94 @@ def test_plugins_field_type_and_merge(tmp_path: Path, plugin: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     assert load_toml(tmp_path / "o" / "config.toml")["plugins"] == ["json",
                                                                     str(plugin.resolve())]
+
+
+# -- byzsgd.run with objects ------------------------------------------------------------------
+
+def _objects():  # type: ignore[no-untyped-def]
+    import torch
+    from torch import nn
+
+    from byzsgd import attacks
+    from byzsgd.data import Dataset
+
+    g = torch.Generator().manual_seed(5)
+    y = torch.randint(0, 3, (500,), generator=g)
+    x = 2 * torch.randn(3, 10, generator=g)[y] + torch.randn(500, 10, generator=g)
+    dataset = Dataset.from_tensors(x[:400], y[:400], x[400:], y[400:], name="obj-tab")
+
+    def obj_factory(input_shape, num_classes):  # type: ignore[no-untyped-def]
+        return nn.Sequential(nn.Linear(input_shape[0], 16), nn.BatchNorm1d(16), nn.ReLU(),
+                             nn.Linear(16, 16), nn.LayerNorm(16), nn.ReLU(),
+                             nn.Linear(16, num_classes))
+
+    def obj_rule(gradients, f):  # type: ignore[no-untyped-def]
+        return gradients.median(dim=0).values
+
+    return dataset, obj_factory, obj_rule, attacks.get("sign-flip")
+
+
+OBJ_CONFIG = dict(workers=5, byzantine=1, rounds=20, batch_size=16, eval_every=10,
+                  eval_train_samples=100, seed=1)
+
+
+def test_run_with_objects_records_qualified_names_and_resumes(tmp_path: Path) -> None:
+    import byzsgd
+
+    dataset, factory, rule, attack = _objects()
+    out = tmp_path / "obj"
+    summary = byzsgd.run(OBJ_CONFIG, out, model=factory, dataset=dataset, rule=rule,
+                         attack=attack)
+    assert summary["status"] == "complete"
+    record = load_toml(out / "config.toml")
+    here = f"{__name__}:_objects.<locals>"
+    assert record["model"] == f"{here}.obj_factory"
+    assert record["aggregator"] == f"{here}.obj_rule"
+    assert record["attack"] == "sign-flip"  # a registered class keeps its name
+    assert record["dataset"].startswith("byzsgd.data._dataset:Dataset|obj-tab|train=(400,10)")
+    assert "sha256=" in record["dataset"]
+    # the same objects: a finished run is left as it is
+    again = byzsgd.run(OBJ_CONFIG, out, model=factory, dataset=dataset, rule=rule,
+                       attack=attack, resume=True)
+    assert again["final_test_accuracy"] == summary["final_test_accuracy"]
+    # other objects: refused, naming the field
+    other = byzsgd.data.Dataset.from_tensors(dataset.x_train + 1, dataset.y_train,
+                                             dataset.x_test, dataset.y_test, name="obj-tab")
+    with pytest.raises(ConfigError, match=r"was run with dataset = .*pass the same object"):
+        byzsgd.run(OBJ_CONFIG, out, model=factory, dataset=other, rule=rule, attack=attack,
+                   resume=True)
+
+    def obj_rule(gradients, f):  # type: ignore[no-untyped-def]
+        return gradients.mean(dim=0)
+
+    with pytest.raises(ConfigError, match="was run with aggregator = "):
+        byzsgd.run(OBJ_CONFIG, out, model=factory, dataset=dataset, rule=obj_rule,
+                   attack=attack, resume=True)
+
+
+def test_run_with_objects_refuses_bad_ones_before_training(tmp_path: Path) -> None:
+    from torch import nn
+
+    import byzsgd
+
+    dataset, _, rule, attack = _objects()
+
+    def wrong_width(input_shape, num_classes):  # type: ignore[no-untyped-def]
+        return nn.Linear(input_shape[0], num_classes + 1)
+
+    with pytest.raises(ValueError, match=r"returns \(2, 4\).*make its last layer output"):
+        byzsgd.run(OBJ_CONFIG, tmp_path / "a", model=wrong_width, dataset=dataset)
+
+    def fails(input_shape, num_classes):  # type: ignore[no-untyped-def]
+        raise RuntimeError("cannot build")
+
+    with pytest.raises(ValueError, match=r"its factory .*raised RuntimeError: cannot build"):
+        byzsgd.run(OBJ_CONFIG, tmp_path / "b", model=fails, dataset=dataset)
+    with pytest.raises(ConfigError, match="model must be a factory"):
+        byzsgd.run(OBJ_CONFIG, tmp_path / "c", model=nn.Linear(10, 3), dataset=dataset)
+    with pytest.raises(ConfigError, match=r"dataset must be a byzsgd\.data\.Dataset"):
+        byzsgd.run(OBJ_CONFIG, tmp_path / "d", dataset=[1, 2], rule=rule, attack=attack)
+    with pytest.raises(ValueError, match=r"data set .bad.: y_train has labels outside \[0, 2\)"):
+        byzsgd.run(OBJ_CONFIG, tmp_path / "e", rule=rule, dataset=byzsgd.data.Dataset(
+            "bad", dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test, 2))
+    assert not any((tmp_path / x / "metrics.csv").exists() for x in "abcde")
