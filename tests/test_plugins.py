@@ -358,3 +358,49 @@ def test_run_with_objects_refuses_bad_ones_before_training(tmp_path: Path) -> No
         byzsgd.run(OBJ_CONFIG, tmp_path / "e", rule=rule, dataset=byzsgd.data.Dataset(
             "bad", dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test, 2))
     assert not any((tmp_path / x / "metrics.csv").exists() for x in "abcde")
+
+
+# -- the README's "Extending byzsgd" examples run ---------------------------------------------
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _section(heading: str, kind: str) -> list[str]:
+    import re
+
+    text = README.read_text()
+    section = text.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(rf"```{kind}\n(.*?)```", section, flags=re.S)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_readme_extending_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                       ) -> None:
+    import shlex
+
+    plugin, objects = _section("Extending byzsgd", "python")
+    (shell,) = _section("Extending byzsgd", "bash")
+    (tmp_path / "my_plugin.py").write_text(plugin)
+    commands = [line.split("#")[0] for line in shell.replace("\\\n", " ").splitlines()]
+    commands = [shlex.split(c) for c in commands if c.strip()]
+    assert [c[:2] for c in commands] == [["byzsgd", "run"], ["byzsgd", "run"]]
+    for command in commands:
+        done = subprocess.run([sys.executable, "-m", "byzsgd.cli", *command[1:], "--quiet"],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    record = load_toml(tmp_path / "runs" / "mine" / "config.toml")
+    assert (record["dataset"], record["model"], record["aggregator"], record["attack"]) == (
+        "my-rows", "my-norm-mlp", "my-trim", "my-flip")
+    assert record["plugins"] == [str(tmp_path / "my_plugin.py")]
+    assert read_json(tmp_path / "runs" / "mine" / "summary.json")["status"] == "complete"
+
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {"__name__": "__main__"}
+    exec(compile(objects, str(README), "exec"), namespace)
+    summary = namespace["summary"]
+    assert isinstance(summary, dict) and summary["status"] == "complete"
+    record = load_toml(tmp_path / "runs" / "objects" / "config.toml")
+    assert record["model"] == "__main__:small_mlp"
+    assert record["aggregator"] == "__main__:coordinate_median"
+    assert record["attack"] == "sign-flip"
