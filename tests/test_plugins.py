@@ -77,6 +77,24 @@ CONFIG = dict(dataset="plug-tab", model="plug-norm", aggregator="plug-trim",
 CLOCK = {"rounds_per_s"}
 
 
+@pytest.fixture(autouse=True)
+def restore_registries():  # type: ignore[no-untyped-def]
+    """The names a test registers in this process (byzsgd.run's objects) are removed after
+    it, so that the tests that go over every registered name see the library's only."""
+    from byzsgd.aggregators import _registry as rules
+    from byzsgd.attacks import _registry as attack_registry
+    from byzsgd.data import _registry as data_registry
+    from byzsgd.models import _registry as model_registry
+
+    tables = [rules._RULES, attack_registry._ATTACKS, data_registry._SPECS,
+              data_registry.DESCRIPTIONS, model_registry._SPECS, model_registry.DESCRIPTIONS]
+    saved = [dict(t) for t in tables]
+    yield
+    for table, old in zip(tables, saved, strict=True):
+        table.clear()
+        table.update(old)
+
+
 @pytest.fixture
 def plugin(tmp_path: Path) -> Path:
     path = tmp_path / "plug_e2e.py"
@@ -404,3 +422,40 @@ def test_readme_extending_examples_run(tmp_path: Path, monkeypatch: pytest.Monke
     assert record["model"] == "__main__:small_mlp"
     assert record["aggregator"] == "__main__:coordinate_median"
     assert record["attack"] == "sign-flip"
+
+
+def test_unregistered_objects_get_their_qualified_names() -> None:
+    import functools
+
+    from byzsgd import aggregators, attacks
+    from byzsgd.api import _attack_fields, _rule_name, qualified
+
+    class Scaled(attacks.ClassicAttack):
+        name = "scaled-not-registered"
+        summary = "scale * mean(honest)"
+        supported_knowledge = ("omniscient",)
+        constraints = {"scale": [float]}  # noqa: RUF012
+
+        def __init__(self, *, scale=1.0, knowledge=None):  # type: ignore[no-untyped-def]
+            super().__init__(knowledge=knowledge)
+            self.scale = scale
+
+        def forge(self, ctx):  # type: ignore[no-untyped-def]
+            return ctx.rows(ctx.need_honest().mean(dim=0) * self.scale)
+
+    fields = _attack_fields(Scaled(scale=3.0))
+    here = f"{__name__}:test_unregistered_objects_get_their_qualified_names.<locals>"
+    assert fields == {"attack": f"{here}.Scaled", "attack_params": {"scale": 3.0},
+                      "knowledge": "omniscient"}
+    rebuilt = attacks.get(fields["attack"], **fields["attack_params"])
+    assert isinstance(rebuilt, Scaled) and rebuilt.params == {"scale": 3.0,
+                                                              "knowledge": "omniscient"}
+    assert "scaled-not-registered" not in attacks.names()
+
+    def trimmed(gradients, f, *, k=1):  # type: ignore[no-untyped-def]
+        return gradients.mean(dim=0)
+
+    assert qualified(functools.partial(trimmed, k=2)) == f"{here}.trimmed(k=2)"
+    name = _rule_name(functools.partial(trimmed, k=2))
+    assert name == f"{here}.trimmed(k=2)" and name in aggregators.names()
+    assert _rule_name(aggregators.spec("median").function) == "median"
