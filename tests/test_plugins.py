@@ -459,3 +459,12 @@ def test_unregistered_objects_get_their_qualified_names() -> None:
     name = _rule_name(functools.partial(trimmed, k=2))
     assert name == f"{here}.trimmed(k=2)" and name in aggregators.names()
     assert _rule_name(aggregators.spec("median").function) == "median"
+
+
+def test_list_shows_a_plugins_names(tmp_path: Path, plugin: Path) -> None:
+    done = byzsgd("list", "--plugin", str(plugin))
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in ("plug-tab", "plug-norm", "plug-trim", "plug-shift"):
+        assert name in done.stdout
+    done = byzsgd("list", "--plugin", "no_such_plugin_xyz")
+    assert done.returncode == 2 and "plugin 'no_such_plugin_xyz'" in done.stderr

@@ -103,6 +103,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from byzsgd import aggregators, attacks, data, models
+    from byzsgd.config import ExperimentConfig
+
+    ExperimentConfig(plugins=list(args.plugin)).load_plugins()
 
     def section(title: str, items: list[tuple[str, str]]) -> None:
         print(title)
@@ -181,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("list", help="rules, attacks, data sets and models")
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first (its names are listed too); repeatable")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("round", help="one round: what rule X makes of attack Y on given "
