@@ -18,6 +18,10 @@ _GRADIENT_HELPERS = ("per_worker_gradients", "flatten_like", "unflatten", "write
 
 
 def __getattr__(name: str) -> object:
+    if name == "run":  # byzsgd.run(config, out, model=..., dataset=..., rule=..., attack=...)
+        from byzsgd.api import run
+
+        return run
     if name in _GRADIENT_HELPERS:
         from byzsgd import gradients
 

@@ -15,6 +15,7 @@ from byzsgd.flags import (
     positive_int,
     resolve_config,
     seed_list,
+    with_file_plugins,
 )
 
 DEMO_OUT = "runs/demo"
@@ -60,7 +61,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from byzsgd.experiment import Sweep, format_table, run_sweep
     from byzsgd.plots import plot_curves, plot_heatmap
 
-    sweep = Sweep.from_toml(args.config, config_overrides(args), args.seeds)
+    sweep = Sweep.from_toml(args.config, with_file_plugins(config_overrides(args),
+                                                           args.config), args.seeds)
+    sweep.base.load_plugins()
     table = run_sweep(sweep, args.out, jobs=args.jobs, quiet=args.quiet)
     print(format_table(table))
     out = Path(args.out)
@@ -100,6 +103,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from byzsgd import aggregators, attacks, data, models
+    from byzsgd.config import ExperimentConfig
+
+    ExperimentConfig(plugins=list(args.plugin)).load_plugins()
 
     def section(title: str, items: list[tuple[str, str]]) -> None:
         print(title)
@@ -178,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("list", help="rules, attacks, data sets and models")
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first (its names are listed too); repeatable")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("round", help="one round: what rule X makes of attack Y on given "

@@ -87,7 +87,7 @@ CONSTRAINTS: dict[str, Interval | Options | None] = {
     "momentum": Interval(0, 1, closed="left"), "weight_decay": Interval(0),
     "partition": NONEMPTY, "partition_alpha": Interval(0, closed="neither"),
     "shards_per_worker": Interval(1), "backdoor": Options(BACKDOORS), "eval_every": Interval(1),
-    "eval_train_samples": Interval(1), "seed": Interval(0, 2**63 - 1),
+    "eval_train_samples": Interval(1), "seed": Interval(0, 2**63 - 1), "plugins": None,
 }
 
 
@@ -148,6 +148,18 @@ class ExperimentConfig:
     eval_every: int = _f(50, "evaluate (and checkpoint) every this many rounds")
     eval_train_samples: int = _f(5000, "training samples used to measure train loss")
     seed: int = _f(0, "random seed: the same config and seed give the same numbers")
+    plugins: list[str] = field(
+        default_factory=list, metadata={"help": "modules imported before the config is "
+                                        "resolved (module names or .py paths), which register "
+                                        "rules, attacks, models or data sets"})
+
+    def __post_init__(self) -> None:
+        # A plugin file is recorded by its absolute path, so that the run resumes from anywhere.
+        if isinstance(self.plugins, list) and all(isinstance(p, str) and p.strip()
+                                                  for p in self.plugins):
+            from byzsgd import plugins
+
+            self.plugins = plugins.merge(self.plugins)
 
     # -- construction -------------------------------------------------------------------------
 
@@ -176,7 +188,12 @@ class ExperimentConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields as a dict; ``plugins`` only when there are some (so that the records
+        of runs without plugins stay as they were)."""
+        values = dataclasses.asdict(self)
+        if not values["plugins"]:
+            del values["plugins"]
+        return values
 
     def to_json(self) -> dict[str, Any]:
         """The config as a run's summary.json stores it (tuples as lists, non-finite floats
@@ -189,6 +206,20 @@ class ExperimentConfig:
     def rule_f(self) -> int:
         return self.byzantine if self.declared_f is None else self.declared_f
 
+    def load_plugins(self) -> None:
+        """Import the config's plugins (once per process); ``ConfigError`` naming the plugin
+        that cannot be imported."""
+        from byzsgd import plugins
+
+        value = self.plugins
+        if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+            raise ConfigError(f"plugins must be a list of module names or .py paths, got "
+                              f"{value!r} ({type(value).__name__})")
+        try:
+            plugins.load(value)
+        except plugins.PluginError as e:
+            raise ConfigError(str(e)) from None
+
     # -- validation ---------------------------------------------------------------------------
 
     def validate(self) -> ExperimentConfig:
@@ -198,6 +229,7 @@ class ExperimentConfig:
         from byzsgd import aggregators, attacks, data, models
 
         check_fields(self)
+        self.load_plugins()  # before any name is looked up
         if not self.byzantine <= self.workers:
             raise ConfigError(f"byzantine must satisfy 0 <= f <= n (workers), got "
                               f"f={self.byzantine}, n={self.workers}")

@@ -28,6 +28,10 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         group.add_argument(flag, dest=f.name, type=kind, default=argparse.SUPPRESS,
                            choices=rule.values if isinstance(rule, Options) else None,
                            help=f.metadata.get("help"))
+    group.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                       help="import MODULE (a module name, or the path of a .py file) before "
+                       "the config is resolved: it registers rules, attacks, models or data "
+                       "sets; repeatable, added to the config's plugins list")
     group.add_argument("--aggregator-param", action="append", default=[], metavar="KEY=VALUE",
                        help="rule parameter, repeatable (e.g. --aggregator-param m=5)")
     group.add_argument("--pre-aggregator", action="append", default=[],
@@ -48,6 +52,8 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
         values["aggregator_params"] = parse_params(args.aggregator_param)
     if getattr(args, "attack_param", None):
         values["attack_params"] = parse_params(args.attack_param)
+    if getattr(args, "plugin", None):
+        values["plugins"] = list(args.plugin)
     if getattr(args, "pre_aggregator", None):
         values["pre_aggregators"] = [parse_pre_aggregator(p) for p in args.pre_aggregator]
     return values
@@ -65,10 +71,26 @@ def parse_pre_aggregator(text: str) -> str | dict[str, dict[str, object]]:
 
 def resolve_config(args: argparse.Namespace) -> ExperimentConfig:
     """The config of ``--config FILE`` (if given) overridden by the flags."""
-    overrides = config_overrides(args)
+    overrides = with_file_plugins(config_overrides(args), args.config)
     if args.config:
-        return ExperimentConfig.from_toml(args.config, overrides)
-    return ExperimentConfig.from_dict(overrides)
+        config = ExperimentConfig.from_toml(args.config, overrides)
+    else:
+        config = ExperimentConfig.from_dict(overrides)
+    config.load_plugins()  # imported before anything reads a name
+    return config
+
+
+def with_file_plugins(overrides: dict[str, Any], path: str | None) -> dict[str, Any]:
+    """``overrides`` with ``--plugin`` modules added after the config file's ``plugins``
+    (instead of replacing them)."""
+    if "plugins" not in overrides or not path:
+        return overrides
+    from byzsgd.config import load_toml
+
+    listed = load_toml(path).get("plugins", [])
+    if not isinstance(listed, list):
+        return overrides  # the field check names the mistake
+    return {**overrides, "plugins": [*listed, *overrides["plugins"]]}
 
 
 # -- argparse types of the command-level options -----------------------------------------------
