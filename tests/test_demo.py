@@ -78,3 +78,33 @@ def test_demo_shows_the_two_lessons(tmp_path: Path, capsys: pytest.CaptureFixtur
     # The takeaway names the rules that held and the attack that hurt most.
     assert "median, krum held" in result.takeaway[0] and "omniscient" in result.takeaway[0]
     assert "crafted alie" in result.takeaway[1]
+
+
+def test_numba_cache_cold_and_warm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from byzsgd import _numba_cache
+
+    monkeypatch.setattr(_numba_cache, "PACKAGE", tmp_path)
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "user"))
+    modules = ("aggregators/_gram.py", "engine/sparse.py")
+    assert _numba_cache.is_cold(modules)
+    (tmp_path / "aggregators" / "__pycache__").mkdir(parents=True)
+    (tmp_path / "aggregators" / "__pycache__" / "_gram._gram_range-344.py311.nbi").touch()
+    assert _numba_cache.is_cold(modules)  # sparse still missing
+    (tmp_path / "user" / "x" / "engine").mkdir(parents=True)
+    (tmp_path / "user" / "x" / "engine" / "sparse._linear-100.py311.nbi").touch()
+    assert not _numba_cache.is_cold(modules)
+
+
+def test_numba_cache_dir_where_the_package_is_read_only(monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    from byzsgd import _numba_cache
+
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    monkeypatch.setattr(_numba_cache, "_writable", lambda directory: False)
+    _numba_cache.configure()
+    import os
+
+    assert os.environ["NUMBA_CACHE_DIR"] == str(_numba_cache.USER_CACHE)
+    monkeypatch.setenv("NUMBA_CACHE_DIR", "/elsewhere")
+    _numba_cache.configure()
+    assert os.environ["NUMBA_CACHE_DIR"] == "/elsewhere"

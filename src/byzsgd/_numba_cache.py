@@ -45,10 +45,11 @@ def cache_dirs() -> list[Path]:
     return dirs
 
 
-def is_cold() -> bool:
-    """True when some kernel module has no compiled entry (``<module>.*.nbi``) in any cache."""
+def is_cold(modules: tuple[str, ...] = KERNEL_MODULES) -> bool:
+    """True when one of ``modules`` (paths relative to the package) has no compiled entry
+    (``<module>.*.nbi``) in any cache directory."""
     found = set()
     for directory in dict.fromkeys(cache_dirs()):
         if directory.is_dir():
             found.update(p.name.split(".")[0] for p in directory.rglob("*.nbi"))
-    return any(Path(m).stem not in found for m in KERNEL_MODULES)
+    return any(Path(m).stem not in found for m in modules)

@@ -18,10 +18,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from byzsgd._numba_cache import is_cold
 from byzsgd.experiment import SWEEP_TABLE, Sweep, run_points, summarize, write_table
 from byzsgd.progress import SweepProgress
 from byzsgd.results import read_csv, write_json
 
+#: The numba kernels a demo run calls (Krum's Gram matrix, the median, ALIE's moments, the MLP).
+DEMO_KERNELS = ("aggregators/_gram.py", "aggregators/_orderstats.py", "attacks/_moments.py",
+                "engine/sparse.py")
 #: The undefended rule, and the attack that means "no attack".
 UNDEFENDED = "mean"
 NO_ATTACK = "none"
@@ -142,6 +146,8 @@ def run_demo(out: str | Path, *, config: str | Path | None = None,
     sweep = Sweep.from_toml(config or demo_config(), overrides or {}, seeds)
     points = sweep.points()
     progress = SweepProgress(len(points), "demo", enabled=not quiet)
+    if not quiet and is_cold(DEMO_KERNELS):
+        print("compiling kernels (first run only, ~20 s)...", flush=True)
     # Batches of ``jobs`` runs, so that the whole demo's progress and time left can be shown.
     for start in range(0, len(points), jobs):
         batch = points[start:start + jobs]
