@@ -2,8 +2,9 @@
 
 1. A crude attack (Gaussian noise, Xie et al., Generalized Byzantine-tolerant SGD 5.2) destroys
    the undefended mean while every robust rule holds.
-2. A small, well-crafted attack (A Little Is Enough, Baruch et al. 2019, at the paper's
-   ``z_max(n, f)``) degrades the robust rules, and Krum selects the Byzantine vector.
+2. Small, well-crafted attacks (A Little Is Enough, Baruch et al. 2019, at the paper's
+   ``z_max(n, f)``; inner-product manipulation, Xie et al., Fall of Empires) degrade the
+   robust rules, and Krum selects the Byzantine vector.
 
 The sweep is ``configs/demo.toml``; the table, heat map, curves and a takeaway computed from the
 table are written under ``out``.
@@ -124,12 +125,14 @@ def takeaway(table: list[dict[str, Any]]) -> list[str]:
         line = (f"The crafted {hurt} hurt the robust rules most (-{drop(hurt):.1f} points on "
                 f"average, {rule} "
                 f"{acc.get((rule, NO_ATTACK), math.nan):.1f}% -> {acc[(rule, hurt)]:.1f}%)")
-        krum = next((r for r in table if r["aggregator"] == "krum" and r["attack"] == hurt),
-                    None)
-        if krum is not None and krum.get("byzantine_selected_mean", math.nan) == \
-                krum.get("byzantine_selected_mean", math.nan):
-            line += (f"; Krum picked a Byzantine vector in "
-                     f"{100 * krum['byzantine_selected_mean']:.0f}% of rounds")
+        rates = {r["attack"]: r["byzantine_selected_mean"] for r in table
+                 if r["aggregator"] == "krum" and r["attack"] in others
+                 and r.get("byzantine_selected_mean", math.nan) == r.get(
+                     "byzantine_selected_mean", math.nan)}
+        if rates:
+            line += "; Krum picked a Byzantine vector in " + ", ".join(
+                f"{100 * rate:.0f}% of rounds under {a}"
+                for a, rate in sorted(rates.items(), key=lambda item: -item[1]))
         lines.append(line + ".")
     lines.append("Next: `byzsgd reproduce --list` (the papers' experiments), `byzsgd round` "
                  "(one round in detail), docs in README.md and /docs.")
