@@ -135,7 +135,7 @@ def takeaway(table: list[dict[str, Any]]) -> list[str]:
                 for a, rate in sorted(rates.items(), key=lambda item: -item[1]))
         lines.append(line + ".")
     lines.append("Next: `byzsgd reproduce --list` (the papers' experiments), `byzsgd round` "
-                 "(one round in detail), docs in README.md and /docs.")
+                 "(one round in detail), and docs/ (reproduction, distributed runs).")
     return lines
 
 
