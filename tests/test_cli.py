@@ -125,7 +125,7 @@ def test_console_script_demo_end_to_end(tmp_path):
     """What the README's main command runs, shortened: the installed `byzsgd` executable."""
     exe = Path(sys.executable).with_name("byzsgd")
     result = subprocess.run([str(exe), "demo", "--rounds", "10", "--eval-every", "5",
-                             "--out", str(tmp_path / "demo"), "--jobs", "2"],
+                             "--seeds", "0", "--out", str(tmp_path / "demo"), "--jobs", "2"],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert "final acc" in result.stdout and "heatmap.png" in result.stdout

@@ -6,9 +6,11 @@ Xie et al. (Generalized Byzantine-tolerant SGD; Fall of Empires), El Mhamdi et a
 Vulnerability of Distributed Learning in Byzantium) and Baruch et al. (A Little Is Enough).
 """
 
+from byzsgd._numba_cache import configure as configure_numba_cache
 from byzsgd._openmp import bound_openmp_spinning
 
 bound_openmp_spinning()  # before anything imports torch
+configure_numba_cache()  # before anything imports numba
 
 __version__ = "0.1.0"
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from importlib import resources
 from pathlib import Path
 
 from byzsgd.config import ConfigError
@@ -76,11 +75,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    path = resources.files("byzsgd") / "configs" / "demo.toml"
-    with resources.as_file(path) as config:
-        args.config = str(config)
-        args.seeds = None
-        return cmd_sweep(args)
+    from byzsgd.demo import run_demo
+
+    run_demo(args.out, overrides=config_overrides(args), seeds=args.seeds, jobs=args.jobs,
+             quiet=args.quiet, plots=not args.no_plot)
+    return 0
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
@@ -163,11 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "sweep":
             p.add_argument("--config", required=True,
                            help="TOML file with [experiment] and [sweep] tables")
-            p.add_argument("--seeds", type=seed_list,
-                           help="comma-separated seeds (override the file's)")
             p.add_argument("--out", type=out_dir, default="runs/sweep", help="results directory")
         else:
             p.add_argument("--out", type=out_dir, default=DEMO_OUT, help="results directory")
+        p.add_argument("--seeds", type=seed_list,
+                       help="comma-separated seeds (override the file's)")
         p.add_argument("--jobs", type=positive_int, default=2,
                        help="parallel processes (default 2)")
         p.add_argument("--quiet", action="store_true")

@@ -81,13 +81,25 @@ def plot_heatmap(table: list[dict[str, Any]], out: Path,
     for r in table:
         grid[rules.index(r["aggregator"])][attacks.index(r["attack"])] = 100 * r[metric]
     fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(attacks), 1.2 + 0.6 * len(rules)))
-    image = ax.imshow(grid, cmap="viridis", vmin=0, vmax=100, aspect="auto")
+    # The colour scale spans the data (a 0-100 scale makes 80% and 95% look alike).
+    finite = [v for row in grid for v in row if v == v]
+    low, high = (min(finite), max(finite)) if finite else (0.0, 100.0)
+    if high - low < 1e-9:
+        low, high = low - 1, high + 1
+    std_key = metric.replace("_mean", "_std")
+    spread = {(r["aggregator"], r["attack"]): 100 * r[std_key] for r in table
+              if std_key in r and int(r.get("seeds", 1)) > 1}
+    image = ax.imshow(grid, cmap="viridis", vmin=low, vmax=high, aspect="auto")
     ax.set_xticks(range(len(attacks)), attacks)
     ax.set_yticks(range(len(rules)), rules)
     for i, row in enumerate(grid):
         for j, v in enumerate(row):
-            ax.text(j, i, "-" if v != v else f"{v:.1f}", ha="center", va="center",
-                    color="white" if v != v or v < 60 else "black", fontsize=9)
+            text = "-" if v != v else f"{v:.1f}"
+            if (rules[i], attacks[j]) in spread:
+                text += f"\n\u00b1{spread[(rules[i], attacks[j])]:.1f}"
+            dark = v != v or (v - low) / (high - low) < 0.6
+            ax.text(j, i, text, ha="center", va="center",
+                    color="white" if dark else "black", fontsize=9)
     fig.colorbar(image, ax=ax, label="final test accuracy (%)")
     ax.set_xlabel("attack")
     ax.set_ylabel("rule")

@@ -40,3 +40,45 @@ class Progress:
         end = "\n" if done >= self.total else ""
         self.stream.write("\r" + " | ".join(parts) + "\033[K" + end)
         self.stream.flush()
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+class SweepProgress:
+    """A whole sweep's progress: ``demo: 5/27 runs done | 1m12s elapsed | ~3m40s left | last:
+    NAME``, one line per update (stderr), the time left extrapolated from the runs done."""
+
+    def __init__(self, total: int, label: str = "sweep", *, stream: TextIO | None = None,
+                 enabled: bool = True) -> None:
+        self.total = total
+        self.label = label
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def eta(self, done: int) -> float | None:
+        """Seconds left, assuming the remaining runs take as long as the ones done."""
+        if done <= 0:
+            return None
+        return self.elapsed() / done * (self.total - done)
+
+    def line(self, done: int, last: str = "") -> str:
+        parts = [f"{self.label}: {done}/{self.total} runs done",
+                 f"{_duration(self.elapsed())} elapsed"]
+        eta = self.eta(done)
+        if eta is not None and done < self.total:
+            parts.append(f"~{_duration(eta)} left")
+        if last:
+            parts.append(f"last: {last}")
+        return " | ".join(parts)
+
+    def update(self, done: int, last: str = "") -> None:
+        if self.enabled:
+            self.stream.write(self.line(done, last) + "\n")
+            self.stream.flush()
