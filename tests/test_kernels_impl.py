@@ -198,3 +198,17 @@ def test_the_dispatch_reaches_the_kernels() -> None:
         assert calls == ["median"]
     finally:
         torch_impl.coordinate_median = original  # type: ignore[assignment]
+
+
+def test_gram_partial_terms_is_the_compiled_kernels_chunk() -> None:
+    """A float32 sum of ``terms`` products just under max/terms stays finite, one more
+    chunk-length sum of larger products overflows (what the leeway attacks size their step
+    on)."""
+    terms = kernels.gram_partial_terms(torch.float32)
+    assert terms == _gram.CHUNK_BYTES // 4 and kernels.gram_partial_terms(torch.float64) == 512
+    big = torch.finfo(torch.float32).max
+    for impl_gram in (_gram.centered_gram, torch_impl.centered_gram):
+        ok = torch.full((2, terms), (0.9 * big / terms) ** 0.5)
+        assert bool(impl_gram(ok).isfinite().all())
+        over = torch.full((2, terms), (1.1 * big / terms) ** 0.5)
+        assert not bool(impl_gram(over).isfinite().any())

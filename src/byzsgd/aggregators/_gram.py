@@ -64,7 +64,7 @@ _FASTMATH = {"nsz", "arcp", "contract", "reassoc"}
 
 # Bytes of each row per chunk: n rows x 4 KiB ~ 200 KiB for n = 51 sits in L2 together with the
 # next chunk being prefetched (measured: 4 KiB and 6 KiB are equivalent, 8 KiB is slower).
-CHUNK_BYTES = 4096
+CHUNK_BYTES = kernels.GRAM_CHUNK_BYTES
 # Extra elements at the end of each buffer row: a 4 KiB row stride puts element k of every row
 # in the same L1 set and makes the stores of the fused copy alias the loads (4K aliasing).
 _ROW_PAD_BYTES = 64

@@ -28,12 +28,17 @@ import torch
 
 from byzsgd.constraints import Options
 
-__all__ = ["IMPLS", "IMPL_CONSTRAINT", "compiled_ok", "current", "use", "use_torch"]
+__all__ = ["GRAM_CHUNK_BYTES", "IMPLS", "IMPL_CONSTRAINT", "compiled_ok", "current",
+           "gram_partial_terms", "use", "use_torch"]
 
 #: The accepted values of a rule's ``impl`` parameter.
 IMPLS = ("auto", "torch", "compiled")
 #: The declared constraint of a rule's ``impl`` parameter.
 IMPL_CONSTRAINT = [Options(IMPLS)]
+
+#: Bytes of each row the compiled Gram kernel sums in the input's precision before adding the
+#: partial sums into float64 (``byzsgd.aggregators._gram``; n rows x 4 KiB sit in L2).
+GRAM_CHUNK_BYTES = 4096
 
 _IMPL: ContextVar[str] = ContextVar("byzsgd_kernel_impl", default="auto")
 
@@ -72,3 +77,12 @@ def use_torch(x: torch.Tensor, kernel: str = "kernel") -> bool:
         raise ValueError(f"{kernel}: impl='compiled' needs a CPU float32/float64 tensor, got "
                          f"{x.dtype} on {x.device} (use impl='torch' or 'auto')")
     return not ok
+
+
+def gram_partial_terms(dtype: torch.dtype) -> int:
+    """How many products of two rows the centered Gram kernel adds in ``dtype`` (float32 or
+    float64) before the float64 accumulation: a sum of that many products of magnitude
+    ``t`` overflows ``dtype`` when ``t * terms > finfo(dtype).max``. The leeway attacks size
+    their step so the rule's Gram matrix stays finite. The torch implementation accumulates
+    in float64 and saturates to ``dtype``'s range, which is no tighter."""
+    return GRAM_CHUNK_BYTES // torch.empty((), dtype=dtype).element_size()
