@@ -226,11 +226,15 @@ def test_rules_take_lists_of_tensors_and_of_dicts():
         aggregators.get("median")("rows", 0)
 
 
-def test_non_cpu_rows_are_refused_not_moved():
+def test_non_cpu_rows_are_computed_where_they_are_not_moved():
+    # issue 13: any device runs the torch kernels there (the meta device has no data, but
+    # keeps every shape and device through the computation)
     x = torch.empty(5, 3, device="meta")
-    with pytest.raises(ValueError, match=r"median: gradients must be on the CPU, got device "
-                                         r"meta"):
-        aggregators.get("median")(x, 1)
+    out = aggregators.get("median")(x, 1)
+    assert out.device.type == "meta" and out.shape == (3,)
+    with pytest.raises(ValueError, match=r"impl='compiled' needs a CPU float32/float64 "
+                                         r"tensor, got torch.float32 on meta"):
+        aggregators.get("median")(x, 1, impl="compiled")
 
 
 # --- issue 17, item 4: refused before any round ----------------------------------------------

@@ -30,8 +30,12 @@ class Aggregation:
 def as_gradients(gradients: Tensor, rule: str) -> Tensor:
     """Check that ``gradients`` is an (n, d) floating tensor; half precision is promoted.
 
-    The returned tensor is the input itself when it already is float32/float64 and contiguous
-    (rules never write into it).
+    Any device: the rules compute where their input is (the compiled kernels on CPU
+    float32/float64, the torch kernels elsewhere, :mod:`byzsgd.kernels`) and never move it.
+    float16 and bfloat16 rows are promoted to float32 on their device (their 11 or 8 bits of
+    mantissa cannot hold a sum of n gradients or a squared distance), so a rule given half
+    precision returns float32; float32 and float64 are kept. The returned tensor is the input
+    itself when it already is float32/float64 and contiguous (rules never write into it).
     """
     if not isinstance(gradients, Tensor):
         raise TypeError(f"{rule}: gradients must be a torch.Tensor of shape (n, d), "
@@ -43,12 +47,6 @@ def as_gradients(gradients: Tensor, rule: str) -> Tensor:
         raise ValueError(f"{rule}: needs at least one gradient row, got n=0")
     if not gradients.is_floating_point():
         raise TypeError(f"{rule}: gradients must be a floating tensor, got {gradients.dtype}")
-    if gradients.device.type != "cpu":
-        # The kernels (numba) read CPU memory; a GPU path is future work. Moving the rows
-        # silently would hide a device-to-host copy per round and return the aggregate on
-        # another device than its input.
-        raise ValueError(f"{rule}: gradients must be on the CPU, got device "
-                         f"{gradients.device}; the rules run on CPU tensors (use .cpu())")
     if gradients.dtype not in (torch.float32, torch.float64):
         gradients = gradients.to(torch.float32)
     return gradients.contiguous()
@@ -62,7 +60,7 @@ def as_matrix(gradients: object, rule: str) -> tuple[Tensor, Callable[[Tensor], 
     tuple of n per-worker tensors of one shape (each flattened; the result takes that shape),
     or a list or tuple of n per-worker dicts ``{name: tensor}`` with the same keys and shapes
     (each flattened in sorted key order and concatenated; the result is a dict of the same
-    keys and shapes). No data changes device here: :func:`as_gradients` refuses non-CPU rows.
+    keys and shapes). No data changes device here.
     """
     if isinstance(gradients, Tensor):
         return gradients, _identity

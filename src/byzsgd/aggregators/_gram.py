@@ -52,7 +52,9 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from byzsgd import kernels
 from byzsgd._pool import run_ranges
+from byzsgd.kernels import torch_impl
 
 __all__ = ["centered_gram", "warmup"]
 
@@ -62,7 +64,7 @@ _FASTMATH = {"nsz", "arcp", "contract", "reassoc"}
 
 # Bytes of each row per chunk: n rows x 4 KiB ~ 200 KiB for n = 51 sits in L2 together with the
 # next chunk being prefetched (measured: 4 KiB and 6 KiB are equivalent, 8 KiB is slower).
-CHUNK_BYTES = 4096
+CHUNK_BYTES = kernels.GRAM_CHUNK_BYTES
 # Extra elements at the end of each buffer row: a 4 KiB row stride puts element k of every row
 # in the same L1 set and makes the stores of the fused copy alias the loads (4K aliasing).
 _ROW_PAD_BYTES = 64
@@ -402,6 +404,8 @@ def centered_gram(x: torch.Tensor, center: torch.Tensor | None = None) -> torch.
     """
     if not isinstance(x, torch.Tensor) or x.dim() != 2:
         raise ValueError("centered_gram: x must be a 2-D tensor (n, d)")
+    if kernels.use_torch(x, "centered_gram"):
+        return torch_impl.centered_gram(x, center)
     if x.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"centered_gram: x must be float32 or float64, got {x.dtype}")
     if x.device.type != "cpu":

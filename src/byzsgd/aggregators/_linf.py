@@ -22,7 +22,9 @@ import torch
 from numba import njit, types
 from numba.extending import intrinsic
 
+from byzsgd import kernels
 from byzsgd._pool import group_count, run_ranges
+from byzsgd.kernels import torch_impl
 
 # Columns per chunk: n rows x 1024 values (4-8 KiB per row) sit in L2 for all pairs.
 _CHUNK = 1024
@@ -118,6 +120,8 @@ def _linf_range(x, rows, out, lo, hi):  # pragma: no cover - compiled
 def linf_distances(x: torch.Tensor) -> torch.Tensor:
     """The (n, n) float64 matrix of max-norm distances between the rows of the finite (n, d)
     float tensor ``x`` (differences taken in float64)."""
+    if kernels.use_torch(x, "linf_distances"):
+        return torch_impl.linf_distances(x)
     xa = x.detach()
     if xa.dtype not in (torch.float32, torch.float64):
         xa = xa.double()

@@ -15,7 +15,9 @@ import numpy as np
 import torch
 from numba import njit
 
+from byzsgd import kernels
 from byzsgd._pool import run_ranges
+from byzsgd.kernels import torch_impl
 
 from ._gram import _as_array
 
@@ -45,6 +47,8 @@ def _mix_range(x, idx, counts, w, out, lo, hi, chunk):  # pragma: no cover - com
 
 def mix_rows(x: torch.Tensor, groups: list[list[int]]) -> torch.Tensor:
     """``out[i] = mean of x[groups[i]]`` for each (non-empty) group, (len(groups), d)."""
+    if kernels.use_torch(x, "mix_rows"):
+        return torch_impl.mix_rows(x, groups)
     d = x.shape[1]
     m = len(groups)
     k = max(len(g) for g in groups)

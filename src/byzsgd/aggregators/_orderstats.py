@@ -24,7 +24,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from byzsgd import kernels
 from byzsgd._pool import group_count, run_ranges
+from byzsgd.kernels import torch_impl
 
 #: Columns per block: a (n, BLOCK) float32 buffer stays in L1/L2 cache for n <= 64.
 BLOCK = 64
@@ -172,6 +174,8 @@ def _run(x: Tensor, rows: Tensor | None, mode: int, lo: int, count: int,
 
 def coordinate_median(x: Tensor, rows: Tensor | None = None) -> Tensor:
     """Per-coordinate median of ``x[rows]`` (mean of the two middle values when m is even)."""
+    if kernels.use_torch(x, "coordinate_median"):
+        return torch_impl.coordinate_median(x, rows)
     m = x.shape[0] if rows is None else int(rows.numel())
     return _run(x, rows, MODE_MEDIAN, 0, 1, (m - 1) // 2, m // 2)
 
@@ -179,12 +183,16 @@ def coordinate_median(x: Tensor, rows: Tensor | None = None) -> Tensor:
 def coordinate_trimmed_mean(x: Tensor, b: int, rows: Tensor | None = None) -> Tensor:
     """Per coordinate, the mean of the values left after dropping the ``b`` smallest and
     ``b`` largest (requires m > 2b)."""
+    if kernels.use_torch(x, "coordinate_trimmed_mean"):
+        return torch_impl.coordinate_trimmed_mean(x, b, rows)
     m = x.shape[0] if rows is None else int(rows.numel())
     return _run(x, rows, MODE_TRIMMED, b, m - 2 * b, 0, m - 1)
 
 
 def coordinate_mean_around_median(x: Tensor, keep: int, rows: Tensor | None = None) -> Tensor:
     """Per coordinate, the mean of the ``keep`` values nearest to the median."""
+    if kernels.use_torch(x, "coordinate_mean_around_median"):
+        return torch_impl.coordinate_mean_around_median(x, keep, rows)
     m = x.shape[0] if rows is None else int(rows.numel())
     return _run(x, rows, MODE_MEAMED, 0, keep, 0, m - 1)
 

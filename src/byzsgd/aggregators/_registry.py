@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from torch import Tensor
 
+from byzsgd import kernels
 from byzsgd.constraints import Constraint, validate
 
 from ._base import Aggregation, _identity, as_gradients, as_matrix, check_f
@@ -58,6 +59,10 @@ class RuleSpec:
         object.__setattr__(self, "value", _value_of(self))
 
     # -- what the rule accepts ----------------------------------------------------------------
+    #
+    # Every rule also takes ``impl`` ("auto" | "torch" | "compiled", :mod:`byzsgd.kernels`):
+    # which implementation of the kernels it runs on. It is declared here, not by each rule's
+    # function, and the function never sees it (it runs inside ``kernels.use(impl)``).
 
     @property
     def params(self) -> dict[str, object]:
@@ -77,11 +82,11 @@ class RuleSpec:
         check_f(self.name, 0, f)
         accepted = self.params
         if not self._accepts_any():
-            unknown = sorted(set(params) - set(accepted))
+            unknown = sorted(set(params) - set(accepted) - {"impl"})
             if unknown:
                 raise ValueError(f"{self.name}: unknown parameter(s) {', '.join(unknown)}; "
                                  f"{self.name} accepts: {', '.join(sorted(accepted)) or 'none'}")
-        validate(self.name, self.constraints, params)
+        validate(self.name, {"impl": kernels.IMPL_CONSTRAINT, **self.constraints}, params)
 
     def check(self, n: int, f: int, **params: object) -> None:
         """Validate a configuration before running it: unknown or invalid parameters and a
@@ -94,6 +99,7 @@ class RuleSpec:
         """The given parameters over the defaults, restricted to what ``requires`` takes."""
         full = {k: v for k, v in self.params.items() if v is not inspect.Parameter.empty}
         full.update(params)
+        full.pop("impl", None)
         assert self.requires is not None
         sig = _signature(self.requires)
         if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
@@ -109,12 +115,21 @@ class RuleSpec:
         matrix, back = as_matrix(gradients, self.name)
         x = as_gradients(matrix, self.name)
         self.check(x.shape[0], f, **params)
-        return self._finish(self.function(x, f, **params), back)
+        return self._finish(self._call(x, f, params), back)
 
     def run(self, gradients: Any, f: int, params: Mapping[str, object]) -> Aggregation:
         """Run the rule without checking its parameters (they were checked when bound)."""
         matrix, back = as_matrix(gradients, self.name)
-        return self._finish(self.function(as_gradients(matrix, self.name), f, **params), back)
+        return self._finish(self._call(as_gradients(matrix, self.name), f, params), back)
+
+    def _call(self, x: Tensor, f: int, params: Mapping[str, object]) -> object:
+        """The rule's function on ``x``, its kernels in the implementation ``params["impl"]``
+        asks for (``"auto"`` when absent)."""
+        if "impl" not in params:
+            return self.function(x, f, **params)
+        rest = {k: v for k, v in params.items() if k != "impl"}
+        with kernels.use(str(params["impl"])):
+            return self.function(x, f, **rest)
 
     def _finish(self, result: object, back: Callable[[Tensor], Any]) -> Aggregation:
         if not isinstance(result, Aggregation):
@@ -294,8 +309,10 @@ class BoundRule:
         fn = self.spec.selection
         if fn is None:
             return None
+        params = {k: v for k, v in self.params.items() if k != "impl"}
         try:
-            return fn(geo, self.f, **self.params)
+            with kernels.use(str(self.params.get("impl", "auto"))):
+                return fn(geo, self.f, **params)
         except ValueError:
             return None
 

@@ -18,6 +18,9 @@ import numpy as np
 import torch
 from numba import njit
 
+from byzsgd import kernels
+from byzsgd.kernels import torch_impl
+
 from ._gram import _as_array
 
 
@@ -54,6 +57,8 @@ def sample_spread(sample: torch.Tensor) -> torch.Tensor:
     """For each row of ``sample`` (n, k), the lower median (the ((n - 1) // 2)-th smallest,
     as ``torch.median``) of its squared distances to all n rows, itself included; +inf for
     rows with a non-finite value and from every row to them (float64)."""
+    if kernels.use_torch(sample, "sample_spread"):
+        return torch_impl.sample_spread(sample)
     return torch.from_numpy(_sample_spread(_as_array(sample.double())))
 
 
@@ -73,6 +78,8 @@ _EXPONENT = {torch.float32: (np.int32, np.int32(0x7F800000)),
 def row_finite(row: torch.Tensor) -> bool:
     """Whether the 1-D tensor ``row`` holds only finite values (one vectorized pass over its
     bits: a float is inf or NaN exactly when its exponent bits are all ones)."""
+    if kernels.use_torch(row, "row_finite"):
+        return torch_impl.row_finite(row)
     if row.dtype not in _EXPONENT:
         return bool(torch.isfinite(row).all())
     view, exponent = _EXPONENT[row.dtype]
@@ -102,6 +109,8 @@ def suffix_sources(sample: torch.Tensor) -> torch.Tensor:
     """For each of the last rows of the 2-D ``sample``, from the end, the first earlier row
     equal to it (``==``, so rows with NaN match nothing); ``source[i] = i`` from the last row
     that has none, down to row 0."""
+    if kernels.use_torch(sample, "suffix_sources"):
+        return torch_impl.suffix_sources(sample)
     return torch.from_numpy(_suffix_sources(_as_array(sample)))
 
 
@@ -122,6 +131,8 @@ def rows_equal(x: torch.Tensor, lo: int, hi: int, src: int) -> bool:
     """Whether rows [lo, hi) of the 2-D tensor ``x`` all equal row ``src`` value by value
     (``==``: NaN equals nothing). One pass at memory speed (torch's broadcast ``==`` and
     ``all`` take 6x longer on (11, 79510))."""
+    if kernels.use_torch(x, "rows_equal"):
+        return torch_impl.rows_equal(x, lo, hi, src)
     return bool(_rows_equal(_as_array(x), lo, hi, src))
 
 

@@ -51,7 +51,7 @@ def _closest_to_combination(x: Tensor | None, geo: Geometry, remaining: Tensor,
             raise ValueError(f"bulyan: locating a combination in the l_{geo.p} norm needs the "
                              f"input rows, not only their distances")
         point = geo.combine(x, alpha)[None]
-        sq = torch.cdist(point.double(), x[remaining].double(), p=geo.p)[0]
+        sq = torch.cdist(point.double(), x[remaining.to(x.device)].double(), p=geo.p)[0].cpu()
     sq = torch.where(geo.valid[remaining], sq, torch.full_like(sq, float("inf")))
     return argmin_settled(sq, x, remaining, rtol=TIE_RTOL)
 

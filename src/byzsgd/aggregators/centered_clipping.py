@@ -56,14 +56,14 @@ def centered_clipping_select(gradients: Tensor, f: int, *, tau: float = 100.0, i
     n, d = x.shape
     check_centered_clipping(n, f, tau, iters)
     if center is None:
-        v = torch.zeros(d, dtype=x.dtype)
+        v = x.new_zeros(d)
     else:
         if center.shape != (d,):
             raise ValueError(f"centered-clipping: center must have shape ({d},) like a "
                              f"gradient row, got {tuple(center.shape)}")
         if not bool(torch.isfinite(center).all()):
             raise ValueError("centered-clipping: center (the previous aggregate) must be finite")
-        v = center.to(x.dtype)
+        v = center.to(device=x.device, dtype=x.dtype)
     for _ in range(iters):
         norms = row_norms(x, v)
         weights = torch.where(norms > tau, tau / norms, torch.ones_like(norms))

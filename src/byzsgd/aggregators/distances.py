@@ -79,10 +79,10 @@ class Geometry:
         rows = torch.nonzero(weights, as_tuple=True)[0]
         if rows.numel() == 1 and float(weights[rows[0]]) == 1.0:
             return x[int(rows[0])].clone()
-        w = weights.to(x.dtype)
+        w = weights.to(device=x.device, dtype=x.dtype)
         if bool(self.valid.all()):
             return torch.mv(x.T, w)
-        return torch.mv(x.index_select(0, rows).T, w[rows])
+        return torch.mv(x.index_select(0, rows.to(x.device)).T, w[rows.to(x.device)])
 
     def mean(self, x: Tensor, rows: Tensor) -> Tensor:
         """Mean of the rows ``x[rows]``."""
@@ -157,10 +157,10 @@ def _centered(x: Tensor, center: Tensor | None,
     """Gram matrix centred at ``center``, squared distances and valid rows; with ``source``
     (:func:`repeated_rows`) the Gram matrix of the distinct first rows, expanded."""
     if source is None:
-        gram = centered_gram(x, center)
+        gram = centered_gram(x, center).cpu()
     else:
         m = int((source == torch.arange(source.numel())).sum())
-        gram = centered_gram(x[:m], center)[source][:, source]
+        gram = centered_gram(x[:m], center).cpu()[source][:, source]
     return gram, *gram_distances(gram)
 
 
@@ -189,11 +189,14 @@ def robust_center(x: Tensor) -> Tensor:
     """The coordinate-wise median of the rows, 0 where it is not finite (half or more of the
     rows non-finite there): within the bulk of the rows whatever fewer than half do."""
     center = coordinate_median(x)
-    return torch.where(torch.isfinite(center), center, torch.zeros((), dtype=center.dtype))
+    return torch.where(torch.isfinite(center), center, center.new_zeros(()))
 
 
 def geometry(x: Tensor, p: float = 2.0) -> Geometry:
     """Pairwise squared ``p``-norm distances of the rows of ``x`` (n, d).
+
+    The (n, n) results come back to the CPU, whatever ``x``'s device (n^2 values, one
+    synchronization: the selections read them value by value); ``x`` itself never moves.
 
     ``p = 2`` uses the centered Gram matrix (fast); other ``p`` (``float('inf')`` for the
     max-norm of El Mhamdi et al.'s l_inf setting, a compiled kernel) use pairwise distances in
@@ -211,9 +214,10 @@ def geometry(x: Tensor, p: float = 2.0) -> Geometry:
     else:
         gram = None
         valid = torch.isfinite(x).all(dim=1)
-        clean = torch.where(valid[:, None], x, torch.zeros((), dtype=x.dtype)).double()
+        clean = torch.where(valid[:, None], x, x.new_zeros(())).double()
         sq = (linf_distances(clean) if p == float("inf")
-              else torch.cdist(clean, clean, p=p)).square_()
+              else torch.cdist(clean, clean, p=p)).square_().cpu()
+        valid = valid.cpu()
         valid &= torch.isfinite(sq.diagonal()) & torch.isfinite(sq).all(dim=1)
     return finish_geometry(sq, valid, gram, p, rows=x)
 

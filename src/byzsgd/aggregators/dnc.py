@@ -79,7 +79,7 @@ def dnc_select(gradients: Tensor, f: int, *, niters: int = 1, c: float = 1.0, b:
     good = finite.clone()
     for _ in range(niters):
         coords = torch.randperm(d, generator=g)[: min(b, d)].sort().values
-        sub = x[:, coords].double()
+        sub = x[:, coords.to(x.device)].double().cpu()  # n x b values
         rows = torch.nonzero(finite, as_tuple=True)[0]
         score = torch.full((n,), math.inf, dtype=torch.float64)
         if rows.numel():
@@ -100,10 +100,10 @@ def dnc_select(gradients: Tensor, f: int, *, niters: int = 1, c: float = 1.0, b:
         good &= kept
     chosen = torch.nonzero(good, as_tuple=True)[0]
     if chosen.numel() == 0:
-        return Aggregation(torch.zeros(d, dtype=x.dtype), chosen)
+        return Aggregation(x.new_zeros(d), chosen)
     if bool(finite.all()):  # one pass over x, zero weight on the rows removed
-        weights = torch.zeros(n, dtype=x.dtype)
-        weights[chosen] = 1.0 / chosen.numel()
+        weights = x.new_zeros(n)
+        weights[chosen.to(x.device)] = 1.0 / chosen.numel()
         return Aggregation(torch.mv(x.T, weights), chosen)
-    weights = torch.full((chosen.numel(),), 1.0 / chosen.numel(), dtype=x.dtype)
-    return Aggregation(torch.mv(x.index_select(0, chosen).T, weights), chosen)
+    weights = x.new_full((chosen.numel(),), 1.0 / chosen.numel())
+    return Aggregation(torch.mv(x.index_select(0, chosen.to(x.device)).T, weights), chosen)

@@ -60,7 +60,7 @@ def rfa_select(gradients: Tensor, f: int, *, nu: float = 0.1, iters: int = 3,
     assert geo.gram is not None
     members = torch.nonzero(geo.valid, as_tuple=True)[0]
     if members.numel() == 0:
-        return Aggregation(torch.zeros(x.shape[1], dtype=x.dtype))
+        return Aggregation(x.new_zeros(x.shape[1]))
     gram = geo.gram[members][:, members]
     k = members.numel()
     if init == "medoid":

@@ -13,7 +13,9 @@ import numpy as np
 import torch
 from numba import njit
 
+from byzsgd import kernels
 from byzsgd._pool import group_count, run_ranges
+from byzsgd.kernels import torch_impl
 
 _FASTMATH = {"nsz", "arcp", "contract", "reassoc"}
 # Columns per chunk: m rows x 1024 values stay in L2 between the two passes.
@@ -52,6 +54,8 @@ def mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-coordinate mean and sample standard deviation (Bessel-corrected; 0 for one row) of
     the rows of ``x`` (m, d), accumulated in float64 and returned in ``x``'s float dtype."""
     x = x.detach()
+    if kernels.use_torch(x, "mean_std"):
+        return torch_impl.mean_std(x)
     dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
     xa = x.to(dtype).contiguous().numpy()
     m, d = xa.shape

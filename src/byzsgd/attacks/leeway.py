@@ -31,10 +31,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import Tensor
 
-from byzsgd.aggregators._gram import CHUNK_BYTES, centered_gram
+from byzsgd.aggregators._gram import centered_gram
 from byzsgd.aggregators._linf import linf_distances
 from byzsgd.aggregators.distances import Geometry, finish_geometry, gram_distances
 from byzsgd.constraints import Constraints, Interval, Options
+from byzsgd.kernels import gram_partial_terms
 
 from ._base import FINITE, ClassicAttack, Context
 from ._registry import register
@@ -89,7 +90,7 @@ class CandidateGeometry:
         if p == 2:
             gram = centered_gram(work, center.to(work.dtype))
             # the Gram kernel sums up to one chunk of products in the rule's precision
-            terms = min(int(torch.count_nonzero(ed)), CHUNK_BYTES // work.element_size())
+            terms = min(int(torch.count_nonzero(ed)), gram_partial_terms(work.dtype))
             return cls(h, f, p, gram, (u @ ed, ed @ ed), "l2",
                        min(reach, math.sqrt(torch.finfo(work.dtype).max / terms) / e_max))
         if p != math.inf:

@@ -1,0 +1,80 @@
+"""The rules on CUDA tensors (issue 13): skipped on a machine without CUDA.
+
+Run by ``scripts/gpu-check.sh`` on a GPU machine. A rule given CUDA rows computes on the GPU
+with the torch kernels (impl="auto" picks them there), returns a CUDA tensor, and its value
+equals the compiled CPU result to float tolerance (exactly for the selections).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from byzsgd import aggregators
+from byzsgd.aggregators import _gram, _linf, _orderstats
+from byzsgd.aggregators import _registry as registry
+from byzsgd.attacks import _moments
+from byzsgd.kernels import torch_impl
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+N, F, D = 11, 2, 4099
+
+
+def _inputs(kind: str, dtype: torch.dtype) -> torch.Tensor:
+    g = torch.Generator().manual_seed(3)
+    x = (3.0 + torch.randn(N, D, generator=g, dtype=torch.float64)).to(dtype)
+    if kind == "ties":
+        x = torch.randint(-2, 3, (N, D), generator=g).to(dtype)
+        x[N - 3:] = x[0]
+    elif kind == "hostile":
+        x[N - 1, 5] = float("nan")
+        x[N - 2, :] = float("inf")
+        x[0, 3] = 1e30
+    return x
+
+
+def _close(gpu: torch.Tensor, cpu: torch.Tensor, dtype: torch.dtype) -> None:
+    assert gpu.is_cuda and gpu.dtype == cpu.dtype
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=tol, atol=tol, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("kind", ["random", "ties", "hostile"])
+@pytest.mark.parametrize("rule", registry.names())
+def test_rule_on_cuda_returns_cuda_equal_to_cpu(rule: str, kind: str,
+                                                dtype: torch.dtype) -> None:
+    x = _inputs(kind, dtype)
+    cpu = aggregators.aggregate(rule, x, F, impl="compiled")
+    gpu = aggregators.aggregate(rule, x.cuda(), F)
+    _close(gpu.value, cpu.value, dtype)
+    if cpu.selected is not None:
+        assert torch.equal(gpu.selected.cpu(), cpu.selected)
+
+
+def test_compiled_refuses_cuda_rows() -> None:
+    with pytest.raises(ValueError, match="impl='compiled' needs a CPU"):
+        aggregators.get("median")(torch.zeros(3, 4, device="cuda"), 1, impl="compiled")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_kernels_on_cuda(dtype: torch.dtype) -> None:
+    x = _inputs("hostile", dtype)
+    xc = x.cuda()
+    _close(torch_impl.centered_gram(xc, xc[1]), _gram.centered_gram(x, x[1]), dtype)
+    _close(torch_impl.coordinate_median(xc), _orderstats.coordinate_median(x), dtype)
+    _close(torch_impl.coordinate_trimmed_mean(xc, F),
+           _orderstats.coordinate_trimmed_mean(x, F), dtype)
+    _close(torch_impl.coordinate_mean_around_median(xc, N - F),
+           _orderstats.coordinate_mean_around_median(x, N - F), dtype)
+    clean = _inputs("random", dtype)
+    _close(torch_impl.linf_distances(clean.cuda()), _linf.linf_distances(clean), dtype)
+    for a, b in zip(torch_impl.mean_std(clean.cuda()), _moments.mean_std(clean), strict=True):
+        _close(a, b, dtype)
+
+
+def test_half_precision_on_cuda_is_promoted_to_float32() -> None:
+    x = _inputs("random", torch.float32).cuda().half()
+    out = aggregators.get("median")(x, F)
+    assert out.is_cuda and out.dtype == torch.float32
