@@ -20,15 +20,10 @@ from .geomed import medoid_order, squared_distances_to_combination
 INITS = ("medoid", "mean")
 
 
-def check_rfa(n: int, f: int, nu: float = 0.1, iters: int = 3, init: str = "medoid") -> None:
+def check_rfa(n: int, f: int) -> None:
+    """The precondition on n and f (nu, iters and init are declared constraints)."""
     check_f("rfa", n, f)
     require("rfa", n >= 2 * f + 1, "n >= 2f + 1 (a majority of correct vectors)", n, f)
-    if not (isinstance(nu, int | float) and not isinstance(nu, bool) and 0 < nu < math.inf):
-        raise ValueError(f"rfa needs a smoothing 0 < nu < inf, got nu={nu}")
-    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
-        raise ValueError(f"rfa needs iters >= 1 (an int), got iters={iters}")
-    if init not in INITS:
-        raise ValueError(f"rfa: init must be one of {', '.join(INITS)}, got {init!r}")
 
 
 @register("rfa",
@@ -55,7 +50,7 @@ def rfa_select(gradients: Tensor, f: int, *, nu: float = 0.1, iters: int = 3,
     """
     x = as_gradients(gradients, "rfa")
     n = x.shape[0]
-    check_rfa(n, f, nu, iters, init)
+    check_rfa(n, f)
     geo = geometry(x)
     assert geo.gram is not None
     members = torch.nonzero(geo.valid, as_tuple=True)[0]
