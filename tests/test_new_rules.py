@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from hostile_inputs import F32MAX, HOSTILE, gen, honest_and_hostile
 
 from byzsgd import aggregators as A
 from byzsgd.aggregators.preaggregation import arc, bucketing, clipping, nnm
@@ -16,20 +17,6 @@ from byzsgd.engine.server import Server
 from byzsgd.engine.simulator import Simulation, build
 from byzsgd.experiment import run
 from byzsgd.results import read_csv
-
-F32MAX = torch.finfo(torch.float32).max
-HOSTILE = [float("nan"), float("inf"), -float("inf"), 1e20, F32MAX]
-
-
-def gen(seed=0):
-    return torch.Generator().manual_seed(seed)
-
-
-def honest_and_hostile(value, n=11, f=3, d=16, seed=0):
-    x = torch.randn(n, d, generator=gen(seed))
-    x[n - f:] = value
-    return x
-
 
 # --- references (float64 loops) ---------------------------------------------------------------
 
