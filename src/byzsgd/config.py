@@ -88,6 +88,7 @@ CONSTRAINTS: dict[str, Interval | Options | None] = {
     "partition": NONEMPTY, "partition_alpha": Interval(0, closed="neither"),
     "shards_per_worker": Interval(1), "backdoor": Options(BACKDOORS), "eval_every": Interval(1),
     "eval_train_samples": Interval(1), "seed": Interval(0, 2**63 - 1), "plugins": None,
+    "device": NONEMPTY,
 }
 
 
@@ -152,6 +153,8 @@ class ExperimentConfig:
         default_factory=list, metadata={"help": "modules imported before the config is "
                                         "resolved (module names or .py paths), which register "
                                         "rules, attacks, models or data sets"})
+    device: str = _f("cpu", "where the run computes: cpu, cuda, cuda:N, mps, or auto (cuda "
+                     "when available, else cpu); CPU and CUDA runs differ in floating point")
 
     def __post_init__(self) -> None:
         # A plugin file is recorded by its absolute path, so that the run resumes from anywhere.
@@ -188,11 +191,13 @@ class ExperimentConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields as a dict; ``plugins`` only when there are some (so that the records
-        of runs without plugins stay as they were)."""
+        """The fields as a dict; ``plugins`` only when there are some and ``device`` only
+        when not ``cpu`` (so that the records of earlier runs stay as they were)."""
         values = dataclasses.asdict(self)
         if not values["plugins"]:
             del values["plugins"]
+        if values["device"] == "cpu":  # the default: records stay as they were before it
+            del values["device"]
         return values
 
     def to_json(self) -> dict[str, Any]:
@@ -226,9 +231,13 @@ class ExperimentConfig:
         """Check every field and cross-field constraint that can be checked without data; the
         experiment checks the rest (batch size vs shard size, model vs data shape) before
         training. Raises :class:`ConfigError`."""
-        from byzsgd import aggregators, attacks, data, models
+        from byzsgd import aggregators, attacks, data, devices, models
 
         check_fields(self)
+        try:
+            devices.resolve(self.device)
+        except devices.DeviceError as e:
+            raise ConfigError(str(e)) from None
         self.load_plugins()  # before any name is looked up
         if not self.byzantine <= self.workers:
             raise ConfigError(f"byzantine must satisfy 0 <= f <= n (workers), got "
