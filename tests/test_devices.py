@@ -32,8 +32,8 @@ def test_missing_cuda_is_refused_before_training(spec, tmp_path):
     with pytest.raises(ConfigError, match="CUDA is not available"):
         ExperimentConfig(device=spec).validate()
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-c", "from byzsgd.cli import main; main()", "run",
-                           "--device", spec,
+    cli = "import sys; from byzsgd.cli import main; sys.exit(main())"
+    proc = subprocess.run([sys.executable, "-c", cli, "run", "--device", spec,
                            "--rounds", "1", "--out", str(out)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
