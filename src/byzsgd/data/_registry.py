@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from byzsgd._names import Registry, origin
 from byzsgd.data._dataset import Dataset
 
 PathLike = str | os.PathLike[str] | None
@@ -31,13 +32,13 @@ class DataSpec:
     @property
     def origin(self) -> str:
         """Where the loader is defined (``module.qualname``), for messages and records."""
-        f = self.loader
-        return f"{getattr(f, '__module__', '?')}.{getattr(f, '__qualname__', repr(f))}"
+        return origin(self.loader)
 
 
-_SPECS: dict[str, DataSpec] = {}
+_REGISTRY: Registry[DataSpec] = Registry("data set", "data")
+_SPECS = _REGISTRY.specs
 #: name -> one-line summary of every registered data set (kept in step with the registry).
-DESCRIPTIONS: dict[str, str] = {}
+DESCRIPTIONS = _REGISTRY.descriptions
 
 
 def register(name: str, *, summary: str, replace: bool = False) -> Callable[[Loader], Loader]:
@@ -55,24 +56,11 @@ def register(name: str, *, summary: str, replace: bool = False) -> Callable[[Loa
             return data.Dataset.from_tensors(x[:2000], y[:2000], x[2000:], y[2000:],
                                              name="my-tabular")
     """
-    if not isinstance(name, str) or not name or name != name.strip():
-        raise ValueError(f"data.register: name must be a non-empty string without "
-                         f"surrounding spaces, got {name!r}")
-    if not isinstance(summary, str) or not summary.strip() or "\n" in summary:
-        raise ValueError(f"data.register({name!r}): summary must be one non-empty line, "
-                         f"got {summary!r}")
+    _REGISTRY.check_entry(name, summary)
 
     def decorate(loader: Loader) -> Loader:
-        if not callable(loader):
-            raise TypeError(f"data.register({name!r}) decorates a loader "
-                            f"(data_dir, download) -> Dataset, got {loader!r}")
-        spec = DataSpec(name, loader, summary)
-        if name in _SPECS and not replace:
-            raise ValueError(f"data set {name!r} is already registered by "
-                             f"{_SPECS[name].origin}; choose another name or pass "
-                             f"replace=True")
-        _SPECS[name] = spec
-        DESCRIPTIONS[name] = summary
+        _REGISTRY.check_callable(name, loader, "loader (data_dir, download) -> Dataset")
+        _REGISTRY.add(DataSpec(name, loader, summary), replace=replace)
         return loader
 
     return decorate
@@ -80,19 +68,17 @@ def register(name: str, *, summary: str, replace: bool = False) -> Callable[[Loa
 
 def names() -> list[str]:
     """The names :func:`load` accepts, in registration order."""
-    return list(_SPECS)
+    return _REGISTRY.names()
 
 
 def spec(name: str) -> DataSpec:
     """The registration of data set ``name``."""
-    if name not in _SPECS:
-        raise ValueError(f"unknown data set {name!r}; known: {', '.join(_SPECS)}")
-    return _SPECS[name]
+    return _REGISTRY.spec(name)
 
 
 def describe(name: str) -> str:
     """A one-line description of data set ``name``."""
-    return spec(name).summary
+    return _REGISTRY.describe(name)
 
 
 def load(name: str, data_dir: PathLike = None, download: bool = True) -> Dataset:

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from byzsgd._names import Registry, origin
+
 Factory = Callable[[tuple[int, ...], int], nn.Module]
 Init = Callable[[nn.Module, "torch.Generator | None"], None]
 
@@ -48,13 +50,13 @@ class ModelSpec:
     @property
     def origin(self) -> str:
         """Where the factory is defined (``module.qualname``), for messages and records."""
-        f = self.factory
-        return f"{getattr(f, '__module__', '?')}.{getattr(f, '__qualname__', repr(f))}"
+        return origin(self.factory)
 
 
-_SPECS: dict[str, ModelSpec] = {}
+_REGISTRY: Registry[ModelSpec] = Registry("model", "models")
+_SPECS = _REGISTRY.specs
 #: name -> one-line summary of every registered model (kept in step with the registry).
-DESCRIPTIONS: dict[str, str] = {}
+DESCRIPTIONS = _REGISTRY.descriptions
 
 
 def register(name: str, *, summary: str, init: str | Init = "xavier",
@@ -77,27 +79,15 @@ def register(name: str, *, summary: str, init: str | Init = "xavier",
             return nn.Sequential(nn.Linear(input_shape[0], 64), nn.LayerNorm(64), nn.ReLU(),
                                  nn.Linear(64, num_classes))
     """
-    if not isinstance(name, str) or not name or name != name.strip():
-        raise ValueError(f"models.register: name must be a non-empty string without "
-                         f"surrounding spaces, got {name!r}")
-    if not isinstance(summary, str) or not summary.strip() or "\n" in summary:
-        raise ValueError(f"models.register({name!r}): summary must be one non-empty line, "
-                         f"got {summary!r}")
+    _REGISTRY.check_entry(name, summary)
     if not (callable(init) or init in INITS):
         raise ValueError(f"models.register({name!r}): init must be one of "
                          f"{', '.join(INITS)} or a callable (module, generator), got {init!r}")
 
     def decorate(factory: Factory) -> Factory:
-        if not callable(factory):
-            raise TypeError(f"models.register({name!r}) decorates a factory "
-                            f"(input_shape, num_classes) -> nn.Module, got {factory!r}")
-        spec = ModelSpec(name, factory, summary, init)
-        if name in _SPECS and not replace:
-            raise ValueError(f"model {name!r} is already registered by "
-                             f"{_SPECS[name].origin}; choose another name or pass "
-                             f"replace=True")
-        _SPECS[name] = spec
-        DESCRIPTIONS[name] = summary
+        _REGISTRY.check_callable(name, factory, "factory (input_shape, num_classes) -> "
+                                 "nn.Module")
+        _REGISTRY.add(ModelSpec(name, factory, summary, init), replace=replace)
         return factory
 
     return decorate
@@ -105,19 +95,17 @@ def register(name: str, *, summary: str, init: str | Init = "xavier",
 
 def names() -> list[str]:
     """The names :func:`build` accepts, in registration order."""
-    return list(_SPECS)
+    return _REGISTRY.names()
 
 
 def spec(name: str) -> ModelSpec:
     """The registration of model ``name``."""
-    if name not in _SPECS:
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(_SPECS)}")
-    return _SPECS[name]
+    return _REGISTRY.spec(name)
 
 
 def describe(name: str) -> str:
     """A one-line description of model ``name``."""
-    return spec(name).summary
+    return _REGISTRY.describe(name)
 
 
 class Classifier(nn.Module):
