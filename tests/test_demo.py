@@ -63,8 +63,10 @@ def test_demo_shows_the_two_lessons(tmp_path: Path, capsys: pytest.CaptureFixtur
     result = run_demo(tmp_path, overrides={"rounds": 30}, seeds=[0, 1], jobs=1, quiet=True)
     for name in ("sweep.csv", "demo.txt", "heatmap.png", "curves.png"):
         assert (tmp_path / name).stat().st_size > 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "final acc % (2 seeds)" in printed and "Next:" in printed
+    assert captured.err == "", captured.err  # quiet: no per-run lines (e.g. "diverged")
     acc = {(r["aggregator"], r["attack"]): 100 * r["final_test_accuracy_mean"]
            for r in result.table}
     robust = ["median", "krum"]

@@ -37,6 +37,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary = run(config, out, resume=args.resume, overwrite=args.overwrite,
                   quiet=args.quiet)
     if summary["status"] == "diverged":
+        _say_diverged(out, summary)
         return DIVERGED
     if not args.quiet:
         print(f"final test accuracy {100 * summary['final_test_accuracy']:.2f}% "
@@ -53,7 +54,16 @@ def _diverged(out: Path) -> bool:
     from byzsgd.results import read_json
 
     path = out / "summary.json"
-    return path.exists() and read_json(path).get("status") == "diverged"
+    if not (path.exists() and read_json(path).get("status") == "diverged"):
+        return False
+    _say_diverged(out, read_json(path))
+    return True
+
+
+def _say_diverged(out: Path, summary: dict) -> None:
+    print(f"byzsgd: training diverged (a non-finite loss or parameter at round "
+          f"{summary.get('diverged_round')}): stopped; status \"diverged\" in "
+          f"{out / 'summary.json'}", file=sys.stderr)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:

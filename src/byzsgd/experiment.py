@@ -130,8 +130,10 @@ def run_sweep(sweep: Sweep, out: str | Path, *, jobs: int = 1, quiet: bool = Fal
 def _report(quiet: bool, i: int, total: int, name: str, summary: dict[str, Any]) -> None:
     if not quiet:
         acc = summary.get("final_test_accuracy")
+        end = (f" (diverged at round {summary.get('diverged_round')})"
+               if summary.get("status") == "diverged" else "")
         print(f"  [{i}/{total}] {name}: final test accuracy "
-              f"{'n/a' if acc is None else f'{100 * acc:.2f}%'}", flush=True)
+              f"{'n/a' if acc is None else f'{100 * acc:.2f}%'}{end}", flush=True)
 
 
 def write_table(path: Path, table: list[dict[str, Any]]) -> None:

@@ -301,11 +301,7 @@ class Recorder:
         finally:
             metrics.close()
             rounds.close()
-        if summary["status"] == "diverged":
-            print(f"byzsgd: training diverged (a non-finite loss or parameter at round "
-                  f"{summary['diverged_round']}): stopped; status \"diverged\" in "
-                  f"{files['summary.json']}", file=sys.stderr)
-        else:
+        if summary["status"] != "diverged":
             summary["status"] = "complete"
         summary.update(trainer.report())
         write_json(files["summary.json"], summary)
