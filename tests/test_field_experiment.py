@@ -194,3 +194,10 @@ def test_tiny_grid_end_to_end(tmp_path: Path) -> None:
     assert again.runs_executed == 0
     with open(out / "worst.csv") as fh:
         assert list(csv.DictReader(fh)) == worst
+
+
+def test_data_dir_replaces_the_experiments(tmp_path: Path) -> None:
+    exp = reproduce.load("field-claim-minmax", EXPERIMENTS)
+    pts = reproduce.points(exp, data_dir=tmp_path)
+    assert pts and all(p.config.data_dir == str(tmp_path.resolve()) for p in pts)
+    assert [p.name for p in pts] == [p.name for p in reproduce.points(exp)]

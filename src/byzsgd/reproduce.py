@@ -142,12 +142,17 @@ def load(name: str, directory: Path | None = None) -> Experiment:
     return Experiment(path.stem, path, sweep, info)
 
 
-def points(exp: Experiment, *, quick: bool = False, seeds: Sequence[int] | None = None
-           ) -> list[Point]:
+def points(exp: Experiment, *, quick: bool = False, seeds: Sequence[int] | None = None,
+           data_dir: str | Path | None = None) -> list[Point]:
     """Every run of the experiment (all variants x axes x seeds), configs resolved; a
-    relative ``data_dir`` is resolved against the experiments' checkout."""
-    return exp.sweep.points(quick=dict(exp.info.get("quick", {})) if quick else None,
-                            seeds=seeds, data_root=exp.path.resolve().parent.parent)
+    relative ``data_dir`` is resolved against the experiments' checkout, and ``data_dir``
+    (``--data-dir``) replaces the file's in every run."""
+    pts = exp.sweep.points(quick=dict(exp.info.get("quick", {})) if quick else None,
+                           seeds=seeds, data_root=exp.path.resolve().parent.parent)
+    if data_dir is None:
+        return pts
+    where = str(Path(data_dir).resolve())
+    return [dataclasses.replace(p, config=p.config.replace(data_dir=where)) for p in pts]
 
 
 # -- measuring ----------------------------------------------------------------------------------
@@ -432,13 +437,16 @@ class Result:
 def reproduce(name: str, *, quick: bool = False, seeds: int | None = None, jobs: int = 1,
               out: str | Path | None = None, quiet: bool = False,
               directory: Path | None = None, threads: int | None = None,
+              data_dir: str | Path | None = None,
               log: Callable[[str], None] = print) -> Result:
     """Run experiment ``name`` (skipping complete runs) and write table.md, table.csv, the
-    figure and reproduce.json under ``out`` (default ``runs/reproduce/NAME[-quick]``)."""
+    figure and reproduce.json under ``out`` (default ``runs/reproduce/NAME[-quick]``);
+    ``data_dir`` replaces the experiment's data directory."""
     exp = load(name, directory)
     out_dir = Path(out) if out else Path("runs") / "reproduce" / (
         exp.name + ("-quick" if quick else ""))
-    pts = points(exp, quick=quick, seeds=None if seeds is None else list(range(seeds)))
+    pts = points(exp, quick=quick, seeds=None if seeds is None else list(range(seeds)),
+                 data_dir=data_dir)
     tic = time.perf_counter()
     executed = run_points(pts, out_dir, jobs=jobs, quiet=quiet, threads=threads,
                           what="reproduce")
@@ -541,6 +549,8 @@ def configure_parser(p: Any) -> None:
                         "names, a parent directory)")
     p.add_argument("--threads", type=flags.positive_int,
                    help="torch threads per process (default: cores / jobs)")
+    p.add_argument("--data-dir", type=flags.out_dir,
+                   help="the data directory of every run (default: the experiment's)")
     p.add_argument("--quiet", action="store_true")
 
 
@@ -559,5 +569,5 @@ def main(args: Any) -> int:
         if args.out:
             out = Path(args.out) / n if len(names) > 1 else Path(args.out)
         reproduce(n, quick=args.quick, seeds=args.seeds, jobs=args.jobs, out=out,
-                  quiet=args.quiet, threads=args.threads)
+                  quiet=args.quiet, threads=args.threads, data_dir=args.data_dir)
     return 0
