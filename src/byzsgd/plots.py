@@ -192,9 +192,9 @@ def plot_matrices(panels: dict[str, list[list[tuple[float, float, int]]]], rows:
     low, high = (min(finite), max(finite)) if finite else (0.0, 100.0)
     if high - low < 1e-9:
         low, high = low - 1, high + 1
-    size = 7 if len(cols) * len(panels) <= 12 else 5.5
-    fig, axes = plt.subplots(1, len(panels), squeeze=False,
-                             figsize=(1.2 + (0.75 * len(cols) + 1.6) * len(panels),
+    size = 7 if len(cols) * len(panels) <= 12 else 6.5
+    fig, axes = plt.subplots(1, len(panels), squeeze=False, layout="constrained",
+                             figsize=(1.2 + (0.95 * len(cols) + 1.6) * len(panels),
                                       1.6 + 0.32 * len(rows)))
     image = None
     for ax, (name, grid) in zip(axes[0], panels.items(), strict=True):

@@ -477,7 +477,8 @@ def reproduce(name: str, *, quick: bool = False, seeds: int | None = None, jobs:
     text += [f"Command: `{command}`" + ("  (quick smoke-test version)" if quick else ""), "",
              f"Seeds: {', '.join(map(str, seeds_used))}; runs: {len(pts)}; wall clock: "
              f"{wall:.0f} s this invocation ({executed} runs executed), {total:.0f} s in "
-             f"total over invocations.", "", *extra, markdown_table(exp, table), ""]
+             f"total over invocations.", "", *extra,
+             *(["## Every grid point", ""] if extra else []), markdown_table(exp, table), ""]
     if figure is not None:
         text += [f"![{exp.title}]({figure.name})", ""]
     table_md = out_dir / "table.md"
