@@ -201,3 +201,14 @@ def test_data_dir_replaces_the_experiments(tmp_path: Path) -> None:
     pts = reproduce.points(exp, data_dir=tmp_path)
     assert pts and all(p.config.data_dir == str(tmp_path.resolve()) for p in pts)
     assert [p.name for p in pts] == [p.name for p in reproduce.points(exp)]
+
+
+def test_data_dir_flag_refuses_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                      ) -> None:
+    from byzsgd.cli import main
+
+    afile = tmp_path / "f"
+    afile.write_text("x")
+    with pytest.raises(SystemExit) as e:
+        main(["reproduce", "field-claim-minmax", "--data-dir", str(afile)])
+    assert e.value.code == 2 and "argument --data-dir:" in capsys.readouterr().err

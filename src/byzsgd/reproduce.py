@@ -13,7 +13,8 @@ per-name parameters, exactly as ``byzsgd sweep`` reads it) plus a ``[reproduce]`
     claim = "every defense degraded, Krum worst, plain averaging least"
     columns = ["best_test_accuracy", "final_test_accuracy"]   # see METRICS
     paper_column = "paper: max accuracy %"
-    plot = { kind = "curves", x = "epoch", metric = "test_accuracy" }
+    plot = { kind = "curves", x = "epoch", metric = "test_accuracy" }  # or "param", or
+    # "heatmap" with rows / cols / panel / metric as in [[reproduce.tables]]
 
     [[reproduce.variants]]          # optional: named groups of config overrides; a list
     label = "no attack"             # value replaces that [sweep] axis for this group
@@ -23,6 +24,14 @@ per-name parameters, exactly as ``byzsgd sweep`` reads it) plus a ``[reproduce]`
 
     [reproduce.paper]               # the paper's number (or words) per table row
     "mean / no attack" = 96.1
+
+    [[reproduce.tables]]            # optional: more tables, in table.md and NAME.csv
+    kind = "worst-case"             # or "matrix" (rows x cols, mean ± std over seeds)
+    name = "worst-case"
+    rows = ["pre_aggregators", "aggregator"]   # config keys labelling a row: "nnm + krum"
+    cols = "attack"                 # ... a column; the minimum is taken over the columns
+    panel = "partition"             # optional: one table part (heat-map panel) per value
+    exclude = ["none"]              # columns left out of the worst case (shown as reference)
 
     [reproduce.quick]               # overrides for --quick (config fields; [sweep] axes;
     rounds = 10                     # seeds)
