@@ -132,7 +132,10 @@ class Point:
 
 
 def path_token(value: Any) -> str:
-    """``value`` as it appears in a run directory's name."""
+    """``value`` as it appears in a run directory's name (a list, such as a
+    ``pre_aggregators`` axis value: its items joined by ``+``, ``none`` when empty)."""
+    if isinstance(value, list | tuple):
+        return "+".join(path_token(v) for v in value) or "none"
     return str(value).replace("/", "-").replace(" ", "")
 
 
@@ -142,7 +145,10 @@ def _slug(text: str) -> str:
 
 
 def fmt(value: Any) -> str:
-    """A value as a table row shows it (``1.0`` -> ``1``, ``0.5`` -> ``0.5``)."""
+    """A value as a table row shows it (``1.0`` -> ``1``, ``0.5`` -> ``0.5``, ``["nnm",
+    "krum"]`` -> ``nnm+krum``, ``[]`` -> ``none``)."""
+    if isinstance(value, list | tuple):
+        return "+".join(fmt(v) for v in value) or "none"
     if isinstance(value, float) and value.is_integer() and abs(value) < 1e6:
         return str(int(value)) if abs(value) >= 1 else f"{value:g}"
     return f"{value:g}" if isinstance(value, float) else str(value)

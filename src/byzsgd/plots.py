@@ -179,3 +179,46 @@ def plot_param(series: dict[str, list[tuple[float, float, float]]], out: Path, *
     fig.savefig(out, dpi=80)
     plt.close(fig)
     return out
+
+
+def plot_matrices(panels: dict[str, list[list[tuple[float, float, int]]]], rows: list[str],
+                  cols: list[str], out: Path, *, label: str, scale: float = 100.0,
+                  title: str = "", xlabel: str = "", ylabel: str = "") -> Path:
+    """Heat maps side by side, one per panel, of a rows x cols grid of (mean, std, seeds)
+    cells (NaN: no run); a cell shows ``scale * mean`` and, over several seeds, ``± std``. The
+    colour scale, shared by the panels, spans the data."""
+    finite = [scale * c[0] for grid in panels.values() for row in grid for c in row
+              if c[0] == c[0]]
+    low, high = (min(finite), max(finite)) if finite else (0.0, 100.0)
+    if high - low < 1e-9:
+        low, high = low - 1, high + 1
+    size = 7 if len(cols) * len(panels) <= 12 else 6.5
+    fig, axes = plt.subplots(1, len(panels), squeeze=False, layout="constrained",
+                             figsize=(1.2 + (0.95 * len(cols) + 1.6) * len(panels),
+                                      1.6 + 0.32 * len(rows)))
+    image = None
+    for ax, (name, grid) in zip(axes[0], panels.items(), strict=True):
+        values = [[scale * c[0] for c in row] for row in grid]
+        image = ax.imshow(values, cmap="viridis", vmin=low, vmax=high, aspect="auto")
+        ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(rows)), rows, fontsize=7)
+        for i, row in enumerate(grid):
+            for j, (mean, std, seeds) in enumerate(row):
+                v = scale * mean
+                text = "-" if v != v else f"{v:.1f}"
+                if v == v and seeds > 1:
+                    text += f"\n±{scale * std:.1f}"
+                dark = v != v or (v - low) / (high - low) < 0.6
+                ax.text(j, i, text, ha="center", va="center", fontsize=size,
+                        color="white" if dark else "black", linespacing=0.9)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel(xlabel)
+    axes[0][0].set_ylabel(ylabel)
+    if image is not None:
+        fig.colorbar(image, ax=list(axes[0]), label=label, fraction=0.03, pad=0.01)
+    if title:
+        fig.suptitle(textwrap.fill(title, 50 * len(panels) + 20), fontsize=10)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return out
