@@ -81,7 +81,7 @@ def byzfl_ops(byzfl, x, f):
         "ipm": (lambda: honest, byzfl.InnerProductManipulation(tau=0.1)),
         "mimic": (lambda: honest, byzfl.Mimic(epsilon=0)),
         "sign-flip": (lambda: honest, byzfl.SignFlipping()),
-        "gaussian": (lambda: honest, byzfl.Gaussian(mu=0.0, sigma=1.0)),
+        "gaussian": (lambda: honest, byzfl.Gaussian(mu=0.0, sigma=200.0)),
         "optimal-alie": (lambda: honest, byzfl.Optimal_ALittleIsEnough(
             agg=byzfl.Median(), pre_agg_list=[], f=f)),
         "optimal-alie krum": (lambda: honest, byzfl.Optimal_ALittleIsEnough(
@@ -136,7 +136,7 @@ def byzpy_ops(byzpy, x, f):
         "mimic": (lambda: honest, attack(at.MimicAttack(epsilon=0))),
         "sign-flip": (lambda: honest, lambda grads: at.SignFlipAttack().apply(
             base_grad=grads[0])),
-        "gaussian": (lambda: honest, attack(at.GaussianAttack(seed=0))),
+        "gaussian": (lambda: honest, attack(at.GaussianAttack(sigma=200.0, seed=0))),
     }
 
 
