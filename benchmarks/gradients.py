@@ -16,10 +16,14 @@ import byzsgd  # noqa: F401  # isort: skip
 import argparse
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _machine
 
 from byzsgd import data, models
 from byzsgd._memory import keep_freed_memory
@@ -43,6 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     g = torch.Generator().manual_seed(0)
     idx = torch.randint(0, ds.x_train.shape[0], (args.workers, args.batch), generator=g)
     x, y = ds.x_train[idx], ds.y_train[idx]
+    _machine.print_header()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; n={args.workers}, "
           f"b={args.batch}; load average before: "
           + " ".join(f"{v:.2f}" for v in os.getloadavg()))
