@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="d = 1e4, 3 repeats")
     parser.add_argument("--d", type=int, default=None, help="default 1e6 (1e4 with --quick)")
-    parser.add_argument("--repeats", type=int, default=None, help="default 3 (3 with --quick)")
+    parser.add_argument("--repeats", type=int, default=None, help="default 3")
     parser.add_argument("--no-byzfl", action="store_true", help="same as --byzfl-python none")
     parser.add_argument("--markdown", default=None, metavar="PATH",
                         help="also write the table as the 'attacks' section of PATH")
