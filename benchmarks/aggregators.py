@@ -151,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     repeats = args.repeats or (3 if args.quick else 5)
     command = "python benchmarks/aggregators.py " + " ".join(argv if argv is not None
                                                             else sys.argv[1:])
+    began = time.perf_counter()
     header = _machine.describe()
     for line in header:
         print(line)
@@ -181,7 +182,8 @@ def main(argv: list[str] | None = None) -> None:
         if name in result:
             print(f"  {name}: {note}")
     load_after = _machine.load()
-    print(f"load average after: {load_after}")
+    took = f"{(time.perf_counter() - began) / 60:.1f} min"
+    print(f"load average after: {load_after}; run time {took}")
     if args.markdown:
         high = _machine.high_load()
         body = [f"### Rules and pre-aggregators, n = {n}, d = {d}, f = {f}", "",
@@ -189,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
                 *[f"- {line}" for line in header],
                 f"- {_foreign.versions_line(foreign)}",
                 *[f"- {_foreign.quote_line(lib)}" for lib in missing],
-                f"- load average before / after: {load_before} / {load_after}"
+                f"- load average before / after: {load_before} / {load_after}; run time {took}"
                 + (" -- **measured at high load**" if high else ""), "",
                 table(result, markdown=True), "",
                 *[f"- {name}: {note}" for name, note in NOTES.items() if name in result],

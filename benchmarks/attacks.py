@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     repeats = args.repeats or 3
     command = "python benchmarks/attacks.py " + " ".join(argv if argv is not None
                                                         else sys.argv[1:])
+    began = time.perf_counter()
     header = _machine.describe()
     for line in header:
         print(line)
@@ -151,14 +152,15 @@ def main(argv: list[str] | None = None) -> None:
             foreign.close()
     print(table(result, markdown=False))
     load_after = _machine.load()
-    print(f"load average after: {load_after}")
+    took = f"{(time.perf_counter() - began) / 60:.1f} min"
+    print(f"load average after: {load_after}; run time {took}")
     if args.markdown:
         high = _machine.high_load()
         body = [f"### Attacks, n = {n}, d = {d}, f = {f}", "",
                 f"`{command.strip()}` (median of {repeats} interleaved forges)", "",
                 *[f"- {line}" for line in header],
                 f"- {_foreign.versions_line(foreign)}",
-                f"- load average before / after: {load_before} / {load_after}"
+                f"- load average before / after: {load_before} / {load_after}; run time {took}"
                 + (" -- **measured at high load**" if high else ""), "",
                 table(result, markdown=True), "",
                 "- ByzFL's and byzpy's attacks return one vector; ours write the f rows. "

@@ -140,6 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     args.data_dir = args.data_dir or None  # --data-dir "": the embedded mnist-5k
     command = "python benchmarks/rounds.py " + " ".join(argv if argv is not None
                                                        else sys.argv[1:])
+    began = time.perf_counter()
     header = _machine.describe()
     for line in header:
         print(line)
@@ -199,7 +200,8 @@ def main(argv: list[str] | None = None) -> None:
     if foreign is not None:
         foreign.close()
     load_after = _machine.load()
-    print(f"load average after: {load_after}")
+    took = f"{(time.perf_counter() - began) / 60:.1f} min"
+    print(f"load average after: {load_after}; run time {took}")
     if args.markdown:
         high = _machine.high_load()
         body = ["### Training rounds, MNIST MLP 784-100-10", "",
@@ -208,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
                 *[f"- {line}" for line in header],
                 f"- {_foreign.versions_line(foreign)}",
                 *[f"- {note}" for note in notes],
-                f"- load average before / after: {load_before} / {load_after}"
+                f"- load average before / after: {load_before} / {load_after}; run time {took}"
                 + (" -- **measured at high load**" if high else ""), "",
                 _report.markdown_table(HEADERS, rows), "",
                 "- ours: byzsgd's simulator (grads / attack / aggr: ms per round in each); "
