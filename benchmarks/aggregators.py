@@ -98,7 +98,8 @@ def measure(x: torch.Tensor, f: int, repeats: int,
         fn()
         for op in theirs[name]:
             foreign.call_ms(op)
-    for _ in range(repeats):
+    for i in range(repeats):
+        print(f"  round {i + 1} of {repeats} ...", file=sys.stderr, flush=True)
         for name, fn in ops.items():
             start = time.perf_counter()
             x.sum(0)

@@ -79,7 +79,8 @@ def measure(matrix: torch.Tensor, f: int, repeats: int,
         forge()
         for op in theirs[label]:
             foreign.call_ms(op)
-    for _ in range(repeats):
+    for i in range(repeats):
+        print(f"  round {i + 1} of {repeats} ...", file=sys.stderr, flush=True)
         for label, forge in forges.items():
             start = time.perf_counter()
             honest.sum(0)
