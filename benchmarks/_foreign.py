@@ -82,6 +82,16 @@ def find_python(explicit: str | None) -> str | None:
     return os.environ.get(ENV_PYTHON) or None
 
 
+def command(script: str, argv: list[str] | None, explicit: str | None) -> str:
+    """The command line that reproduces this run, with the environment variables that chose
+    the other libraries' interpreter when no ``--byzfl-python`` did."""
+    args = " ".join(argv if argv is not None else sys.argv[1:])
+    env = "" if explicit else " ".join(f"{key}={os.environ[key]}" for key in (ENV_PYTHON,
+                                                                              ENV_PATH)
+                                       if os.environ.get(key))
+    return " ".join(part for part in (env, f"python benchmarks/{script}", args) if part)
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("--byzfl-python", default=None,
                         help="an interpreter where `import byzfl` (and byzpy) works; default: "

@@ -150,8 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     n, f = args.n, args.f
     d = args.d or (10_000 if args.quick else 1_000_000)
     repeats = args.repeats or (3 if args.quick else 5)
-    command = "python benchmarks/aggregators.py " + " ".join(argv if argv is not None
-                                                            else sys.argv[1:])
+    command = _foreign.command("aggregators.py", argv, args.byzfl_python)
     began = time.perf_counter()
     header = _machine.describe()
     for line in header:

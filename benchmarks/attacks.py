@@ -127,8 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     n, f = 51, 12
     d = args.d or (10_000 if args.quick else 1_000_000)
     repeats = args.repeats or 3
-    command = "python benchmarks/attacks.py " + " ".join(argv if argv is not None
-                                                        else sys.argv[1:])
+    command = _foreign.command("attacks.py", argv, args.byzfl_python)
     began = time.perf_counter()
     header = _machine.describe()
     for line in header:

@@ -138,8 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     _foreign.add_arguments(parser)
     args = parser.parse_args(argv)
     args.data_dir = args.data_dir or None  # --data-dir "": the embedded mnist-5k
-    command = "python benchmarks/rounds.py " + " ".join(argv if argv is not None
-                                                       else sys.argv[1:])
+    command = _foreign.command("rounds.py", argv, args.byzfl_python)
     began = time.perf_counter()
     header = _machine.describe()
     for line in header:

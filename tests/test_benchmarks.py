@@ -79,6 +79,15 @@ def test_find_python_order(monkeypatch):
     assert _foreign.find_python(None) == expected
 
 
+def test_command_names_the_interpreter_it_used(monkeypatch):
+    monkeypatch.setenv(_foreign.ENV_PYTHON, "/env/python")
+    monkeypatch.delenv(_foreign.ENV_PATH, raising=False)
+    assert _foreign.command("rounds.py", ["--rounds", "3"], None) == \
+        "BYZSGD_BYZFL_PYTHON=/env/python python benchmarks/rounds.py --rounds 3"
+    assert _foreign.command("rounds.py", ["--byzfl-python", "/p"], "/p") == \
+        "python benchmarks/rounds.py --byzfl-python /p"
+
+
 def test_write_section_replaces_only_its_own(tmp_path):
     path = tmp_path / "b.md"
     path.write_text("# Title\n\nintro\n")
