@@ -44,7 +44,17 @@ from byzsgd.config import ExperimentConfig
 from byzsgd.engine.simulator import Simulation, build
 
 WORKERS, BYZANTINE, Z = 51, 12, 1.5
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def default_data() -> str | None:
+    """``../shared/data`` beside the project (or beside the working directory) when it holds
+    the MNIST training images, else None (the embedded mnist-5k)."""
+    for root in (Path(__file__).resolve().parents[1].parent / "shared" / "data",
+                 Path.cwd().parent / "shared" / "data"):
+        if any((root / sub / name).is_file() for sub in ("", "mnist")
+               for name in ("train-images-idx3-ubyte", "train-images-idx3-ubyte.gz")):
+            return str(root)
+    return None
 
 
 class Timed:
@@ -125,9 +135,9 @@ def byzfl_setup(foreign: _foreign.Foreign, rule: str, data_dir: str | None, batc
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default=str(DEFAULT_DATA) if DEFAULT_DATA.exists()
-                        else None, help="directory with the MNIST IDX files (default: "
-                        "../shared/data if present, else the embedded mnist-5k)")
+    parser.add_argument("--data-dir", default=default_data(),
+                        help="directory with the MNIST IDX files (default: ../shared/data if "
+                        "it holds them, else the embedded mnist-5k; '' forces mnist-5k)")
     parser.add_argument("--rounds", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--batch", type=int, default=83)
