@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _foreign
 import _machine
 import _report
+from _data import default_data
 
 from byzsgd import data
 from byzsgd.config import ExperimentConfig
@@ -45,16 +46,6 @@ from byzsgd.engine.simulator import Simulation, build
 
 WORKERS, BYZANTINE, Z = 51, 12, 1.5
 
-
-def default_data() -> str | None:
-    """``../shared/data`` beside the project (or beside the working directory) when it holds
-    the MNIST training images, else None (the embedded mnist-5k)."""
-    for root in (Path(__file__).resolve().parents[1].parent / "shared" / "data",
-                 Path.cwd().parent / "shared" / "data"):
-        if any((root / sub / name).is_file() for sub in ("", "mnist")
-               for name in ("train-images-idx3-ubyte", "train-images-idx3-ubyte.gz")):
-            return str(root)
-    return None
 
 
 class Timed:
