@@ -1,18 +1,20 @@
-"""Aggregation-rule speed: median time per call, and its ratio to one read pass.
+"""Aggregation rules and pre-aggregators: ms per call, against one read pass of the input and
+against ByzFL's and byzpy's implementation of the same operation, measured side by side.
 
-    python benchmarks/aggregators.py            # n in {25, 51}, d in {1e5, 1e6}
-    python benchmarks/aggregators.py --quick    # small sizes, for a smoke run
-    python benchmarks/aggregators.py --new-only --byzfl-python /path/to/python
+    python benchmarks/aggregators.py                      # n = 51, d = 1e6, f = 12
+    python benchmarks/aggregators.py --quick              # d = 1e4, 3 repeats (smoke run)
+    python benchmarks/aggregators.py --markdown docs/benchmarks.md
+    python benchmarks/aggregators.py --byzfl-python /path/to/python \\
+        --byzfl-pythonpath /path/to/torchvision-stub
 
-For n = 51, d = 1e6 it also prints the fastest existing library's time on the same work
-(measured on this kind of machine, ../shared/ANCHORS.md) and our speed-up over it.
-
-Then the pre-aggregators and the newer rules (NNM, bucketing, clipping, ARC, centered
-clipping, DnC, RFA) at n = 51, d = 1e6, f = 12, next to one read pass and one Krum call and,
-with ``--byzfl-python`` (an interpreter that imports ``byzfl``; ``--byzfl-pythonpath`` is
-prepended to its PYTHONPATH, e.g. a torchvision stub), ByzFL's implementation of the same
-thing on the same input (saved as .npy): ByzFL runs in that interpreter as a subprocess that
-times one call per request, so ours and theirs alternate call by call (medians of each).
+Every registered rule (but ``brute``, exponential in n) and every pre-aggregator, plus two
+chains, on one seeded (n, d) float32 matrix. Where ByzFL / byzpy import (in this interpreter,
+or in the one ``--byzfl-python`` / ``$BYZSGD_BYZFL_PYTHON`` names), they get the same matrix
+(saved as .npy) in their interpreter, and the calls alternate -- one read pass, ours, ByzFL's,
+byzpy's -- for ``--repeats`` rounds; each column is the median of its calls. ``x read pass``:
+our time over one read pass (``x.sum(0)``) timed next to it; ``x ByzFL``, ``x byzpy``: their
+time over ours (above 1: byzsgd faster). Without them the benchmark prints the anchor numbers
+of ANCHORS.md with the machine they were measured on, and divides by nothing.
 """
 
 from __future__ import annotations
@@ -21,198 +23,181 @@ from __future__ import annotations
 import byzsgd  # noqa: F401  # isort: skip
 
 import argparse
-import json
-import os
 import statistics
-import subprocess
-import tempfile
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _foreign
+import _machine
+import _report
+
 from byzsgd import aggregators
+from byzsgd.aggregators.chain import PRE_AGGREGATORS
 
-#: Fastest existing library per rule, ms per call, n = 51, d = 1e6, f = 12 (ANCHORS.md).
-ANCHORS_MS = {"mean": 7.7, "median": 476, "trimmed-mean": 178, "krum": 141, "multi-krum": 189,
-              "geomed": 526, "medoid": 314, "meamed": 2047, "bulyan": 10695}
-RULES = ["mean", "median", "trimmed-mean", "meamed", "krum", "multi-krum", "geomed", "medoid",
-         "bulyan"]
-
-
-def median_ms(fn, repeats: int) -> float:
-    fn()  # warm-up (compilation, caches)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
-
-
-#: ByzFL's side: reads op names on stdin, answers the ms of one call on the saved input.
-BYZFL_WORKER = r"""
-import sys, time, json
-import numpy as np, torch
-import byzfl
-x = torch.from_numpy(np.load(sys.argv[1]))
-f = int(sys.argv[2])
-small = x[:, : x.shape[1] // 10].contiguous()
-ops = {
-    "nnm": lambda: byzfl.NNM(f=f)(x),
-    "nnm d/10": lambda: byzfl.NNM(f=f)(small),
-    "bucketing": lambda: byzfl.Bucketing(s=2)(x),
-    "clipping": lambda: byzfl.Clipping(c=1.0)(x.clone()),
-    "arc": lambda: byzfl.ARC(f=f)(x.clone()),
-    "centered-clipping": lambda: byzfl.CenteredClipping(tau=100.0)(x),
-    "rfa": lambda: byzfl.GeometricMedian(nu=0.1, T=3)(x),
-    "krum": lambda: byzfl.Krum(f=f)(x),
-    "clone": lambda: x.clone(),
+#: Rules left out, with the reason printed.
+SKIPPED = {"brute": "exhaustive search over subsets, exponential in n"}
+#: ByzFL / byzpy operations with the same definition, where they differ from our name.
+#: ByzFL's median and trimmed mean are faster on numpy input: both inputs are timed, the
+#: faster counts (marked "numpy").
+NUMPY_TOO = {"median", "trimmed-mean"}
+#: Where the other library's definition differs from ours, said in the table.
+NOTES = {
+    "geomed": "ByzFL: smoothed Weiszfeld, T = 3, nu = 0.1; byzpy: Weiszfeld to tol 1e-6",
+    "rfa": "all three: smoothed Weiszfeld, 3 iterations, nu = 0.1 (byzpy: eps)",
+    "centered-clipping": "one iteration (L = 1), tau = 100, from 0",
+    "bucketing": "s = 2",
+    "clipping": "c = 1",
 }
-print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads()}), flush=True)
-for line in sys.stdin:
-    name = line.strip()
-    start = time.perf_counter()
-    ops[name]()
-    print((time.perf_counter() - start) * 1e3, flush=True)
-"""
 
 
-class ByzFL:
-    """ByzFL in its own interpreter, timing one call per request on the same input."""
-
-    def __init__(self, python: str, pythonpath: str | None, x: torch.Tensor, f: int) -> None:
-        self.dir = tempfile.TemporaryDirectory()
-        data = Path(self.dir.name) / "x.npy"
-        np.save(data, x.numpy())
-        script = Path(self.dir.name) / "worker.py"
-        script.write_text(BYZFL_WORKER)
-        env = dict(os.environ)
-        if pythonpath:
-            env["PYTHONPATH"] = pythonpath + os.pathsep + env.get("PYTHONPATH", "")
-        self.proc = subprocess.Popen([python, str(script), str(data), str(f)], env=env,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self.info = json.loads(self.proc.stdout.readline())
-
-    def call_ms(self, name: str) -> float:
-        self.proc.stdin.write(name + "\n")
-        self.proc.stdin.flush()
-        return float(self.proc.stdout.readline())
-
-    def close(self) -> None:
-        self.proc.stdin.close()
-        self.proc.wait()
-        self.dir.cleanup()
+def our_ops(x: torch.Tensor, f: int) -> dict[str, Callable[[], object]]:
+    """name -> one call on x: every rule, every pre-aggregator, two chains."""
+    ops: dict[str, Callable[[], object]] = {}
+    for name in aggregators.names():
+        if name in SKIPPED:
+            continue
+        rule = aggregators.get(name)
+        params = {"iters": 3, "nu": 0.1} if name == "rfa" else {}
+        ops[name] = lambda rule=rule, params=params: rule(x, f, **params)
+    small = x[:, : max(1, x.shape[1] // 10)].contiguous()
+    generator = torch.Generator().manual_seed(0)
+    for name, spec in PRE_AGGREGATORS.items():
+        params = {"s": 2, "generator": generator} if name == "bucketing" else \
+            {"c": 1.0} if name == "clipping" else {}
+        ops[name] = lambda spec=spec, params=params: spec.apply(x, f, **params)
+        if name == "nnm":
+            ops["nnm d/10"] = lambda spec=spec: spec.apply(small, f)
+    nnm_krum = aggregators.bind("krum", f, pre=["nnm"])
+    ops["nnm+krum"] = lambda: nnm_krum(x)
+    ops["nnm d/10+krum"] = lambda: nnm_krum(small)
+    bucketing_median = aggregators.bind("median", f, pre=[("bucketing", {"s": 2})])
+    ops["bucketing+median"] = lambda: bucketing_median(x)
+    return ops
 
 
-def new_rules(x: torch.Tensor, f: int) -> dict[str, object]:
-    """What the pre-aggregation section times: name -> a call on x (ByzFL name when it has
-    the same operation)."""
-    from byzsgd.aggregators.preaggregation import arc, bucketing, clipping, nnm
-
-    g = torch.Generator().manual_seed(0)
-    small = x[:, : x.shape[1] // 10].contiguous()
-    return {
-        "krum": lambda: aggregators.krum(x, f),
-        "nnm": lambda: nnm(x, f),
-        "nnm d/10": lambda: nnm(small, f),
-        "krum d/10": lambda: aggregators.krum(small, f),
-        "bucketing": lambda: bucketing(x, f, s=2, generator=g),
-        "clipping": lambda: clipping(x, f, c=1.0),
-        "arc": lambda: arc(x, f),
-        "centered-clipping": lambda: aggregators.centered_clipping(x, f, tau=100.0),
-        "dnc": lambda: aggregators.dnc(x, f),
-        "rfa": lambda: aggregators.rfa(x, f, nu=0.1, iters=3),
-        "nnm+krum": lambda: aggregators.bind("krum", f, pre=["nnm"])(x),
-        "bucketing+median": lambda: aggregators.bind("median", f,
-                                                     pre=[("bucketing", {"s": 2})])(x),
-    }
-
-
-BYZFL_OPS = {"krum", "nnm", "nnm d/10", "bucketing", "clipping", "arc", "centered-clipping",
-             "rfa"}
-#: ByzFL's NNM gathers an (n, n - f, d) tensor (8 GB at n = 51, d = 1e6): at full size only
-#: when that fits this budget, else only on the first d/10 coordinates ("nnm d/10").
-BYZFL_GATHER_BYTES = 2 * 2**30
-
-
-def pre_aggregation_table(n: int, d: int, f: int, repeats: int, byzfl_python: str | None,
-                          byzfl_path: str | None) -> None:
-    x = torch.randn(n, d, generator=torch.Generator().manual_seed(0))
-    ops = new_rules(x, f)
-    byzfl = ByzFL(byzfl_python, byzfl_path, x, f) if byzfl_python else None
-    print(f"\npre-aggregation and newer rules, n={n}, d={d}, f={f}; ours and ByzFL alternate "
-          f"call by call" + (f" (ByzFL: torch {byzfl.info['torch']}, "
-                             f"{byzfl.info['threads']} threads)" if byzfl else ""))
-    ours: dict[str, list[float]] = {k: [] for k in ["read", *ops]}
-    ops_byzfl = set(BYZFL_OPS)
-    if n * (n - f) * d * 4 > BYZFL_GATHER_BYTES:
-        ops_byzfl.discard("nnm")
-    theirs: dict[str, list[float]] = {k: [] for k in ops_byzfl} if byzfl else {}
-    for fn in ops.values():
-        fn()  # warm-up (compilation)
-    if byzfl:
-        for name in theirs:
-            byzfl.call_ms(name)
-    for _ in range(repeats):
-        for name, fn in [("read", lambda: x.sum(0)), *ops.items()]:
+def measure(x: torch.Tensor, f: int, repeats: int,
+            foreign: _foreign.Foreign | None) -> dict[str, dict[str, float | None]]:
+    """Median ms per operation: ours, its read pass, ByzFL's, byzpy's, interleaved."""
+    ops = our_ops(x, f)
+    theirs: dict[str, list[str]] = {name: [] for name in ops}
+    if foreign is not None:
+        offered = foreign.load(x, f)
+        for name in ops:
+            for lib in ("byzfl", "byzpy"):
+                variants = [f"{lib}:{name}"] + ([f"{lib}:{name} numpy"]
+                                                if lib == "byzfl" and name in NUMPY_TOO else [])
+                theirs[name] += [v for v in variants if v in offered]
+    times: dict[str, dict[str, list[float]]] = {
+        name: {key: [] for key in ["read", "ours", *theirs[name]]} for name in ops}
+    for name, fn in ops.items():  # warm-up: compilation, caches, their first calls
+        fn()
+        for op in theirs[name]:
+            foreign.call_ms(op)
+    for i in range(repeats):
+        print(f"  round {i + 1} of {repeats} ...", file=sys.stderr, flush=True)
+        for name, fn in ops.items():
+            start = time.perf_counter()
+            x.sum(0)
+            times[name]["read"].append((time.perf_counter() - start) * 1e3)
             start = time.perf_counter()
             fn()
-            ours[name].append((time.perf_counter() - start) * 1e3)
-            if byzfl and name in theirs:
-                theirs[name].append(byzfl.call_ms(name))
-    if byzfl:
-        byzfl.close()
-    med = {k: statistics.median(v) for k, v in ours.items()}
-    print(f"{'operation':<18} {'ms':>9} {'x read':>7} {'x krum':>7} {'ByzFL ms':>10} "
-          f"{'speed-up':>9}   (x krum: against Krum on the same d)")
-    for name in ours:
-        krum = med["krum d/10" if name == "nnm d/10" else "krum"]
-        row = f"{name:<18} {med[name]:>9.1f} {med[name] / med['read']:>7.1f} " \
-              f"{med[name] / krum:>7.2f}"
-        if name in theirs:
-            them = statistics.median(theirs[name])
-            row += f" {them:>10.1f} {them / med[name]:>8.1f}x"
-        print(row, flush=True)
+            times[name]["ours"].append((time.perf_counter() - start) * 1e3)
+            for op in theirs[name]:
+                value = foreign.call_ms(op)
+                if value is not None:
+                    times[name][op].append(value)
+    result: dict[str, dict[str, float | None]] = {}
+    for name, columns in times.items():
+        med = {key: statistics.median(v) if v else None for key, v in columns.items()}
+        row: dict[str, float | None] = {"read": med["read"], "ours": med["ours"]}
+        for lib in ("byzfl", "byzpy"):
+            candidates = {k: v for k, v in med.items() if k.startswith(lib + ":") and v}
+            best = min(candidates, key=candidates.get) if candidates else None
+            row[lib] = candidates[best] if best else None
+            row[lib + "_numpy"] = 1.0 if best and best.endswith("numpy") else None
+        result[name] = row
+    return result
+
+
+def table(result: dict[str, dict[str, float | None]], markdown: bool) -> str:
+    headers = ["operation", "ms", "x read pass", "ByzFL ms", "x ByzFL", "byzpy ms", "x byzpy"]
+    rows = []
+    for name, r in result.items():
+        ours = r["ours"]
+        byzfl = _report.ms(r["byzfl"]) + (" (numpy)" if r["byzfl_numpy"] else "")
+        rows.append([name, _report.ms(ours), f"{ours / r['read']:.1f}", byzfl,
+                     _report.ratio(r["byzfl"], ours), _report.ms(r["byzpy"]),
+                     _report.ratio(r["byzpy"], ours)])
+    return (_report.markdown_table if markdown else _report.text_table)(headers, rows)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, 3 repeats")
-    parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--new-only", action="store_true",
-                        help="only the pre-aggregation / newer-rules table")
-    parser.add_argument("--byzfl-python", default=os.environ.get("BYZFL_PYTHON"),
-                        help="an interpreter that imports byzfl (default: $BYZFL_PYTHON)")
-    parser.add_argument("--byzfl-pythonpath", default=os.environ.get("BYZFL_PYTHONPATH"),
-                        help="prepended to that interpreter's PYTHONPATH")
+    parser.add_argument("--quick", action="store_true", help="d = 1e4, 3 repeats")
+    parser.add_argument("--n", type=int, default=51)
+    parser.add_argument("--d", type=int, default=None, help="default 1e6 (1e4 with --quick)")
+    parser.add_argument("--f", type=int, default=12)
+    parser.add_argument("--repeats", type=int, default=None, help="default 5 (3 with --quick)")
+    parser.add_argument("--markdown", default=None, metavar="PATH",
+                        help="also write the table as the 'aggregators' section of PATH")
+    _foreign.add_arguments(parser)
     args = parser.parse_args(argv)
-    sizes = [(25, 10_000), (51, 10_000)] if args.quick else [
-        (25, 100_000), (25, 1_000_000), (51, 100_000), (51, 1_000_000)]
-    repeats = args.repeats or (3 if args.quick else 7)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, "
-          f"median of {repeats} runs; load average before: "
-          + " ".join(f"{v:.2f}" for v in os.getloadavg()))
-    header = f"{'n':>3} {'d':>9} {'f':>3} {'rule':<13} {'ms':>9} {'x read':>7}"
-    if not args.quick:
-        header += f" {'anchor ms':>10} {'speed-up':>9}"
-    print(header)
-    for n, d in [] if args.new_only else sizes:
-        f = (n - 3) // 4
-        x = torch.randn(n, d, generator=torch.Generator().manual_seed(0))
-        read = median_ms(lambda x=x: x.sum(0), repeats)
-        print(f"{n:>3} {d:>9} {f:>3} {'sum(0) read':<13} {read:>9.1f} {1.0:>7.1f}")
-        for name in RULES:
-            rule = aggregators.get(name)
-            ms = median_ms(lambda rule=rule, x=x, f=f: rule(x, f), repeats)
-            row = f"{n:>3} {d:>9} {f:>3} {name:<13} {ms:>9.1f} {ms / read:>7.1f}"
-            if not args.quick and (n, d) == (51, 1_000_000):
-                row += f" {ANCHORS_MS[name]:>10.1f} {ANCHORS_MS[name] / ms:>8.1f}x"
-            print(row, flush=True)
-    n, d = (25, 10_000) if args.quick else (51, 1_000_000)
-    pre_aggregation_table(n, d, (n - 3) // 4, repeats, args.byzfl_python, args.byzfl_pythonpath)
-    print("load average after: " + " ".join(f"{v:.2f}" for v in os.getloadavg()))
+    n, f = args.n, args.f
+    d = args.d or (10_000 if args.quick else 1_000_000)
+    repeats = args.repeats or (3 if args.quick else 5)
+    command = _foreign.command("aggregators.py", argv, args.byzfl_python)
+    began = time.perf_counter()
+    header = _machine.describe()
+    for line in header:
+        print(line)
+    load_before = _machine.load()
+    foreign = _foreign.start(_foreign.find_python(args.byzfl_python), args.byzfl_pythonpath,
+                             torch.get_num_threads())
+    print(_foreign.versions_line(foreign))
+    missing = [lib for lib, key in (("ByzFL 0.0.11", "byzfl"), ("byzpy 0.1.4", "byzpy"))
+               if foreign is None or not foreign.has(key)]
+    for library in missing:
+        print(_foreign.quote_line(library))
+    print(f"n={n}, d={d}, f={f}, float32, median of {repeats} interleaved calls each; "
+          "x read pass: ours over x.sum(0); x ByzFL / x byzpy: their ms over ours "
+          "(above 1: byzsgd faster)")
+    for name, why in SKIPPED.items():
+        print(f"not timed: {name} ({why})")
+    x = torch.randn(n, d, generator=torch.Generator().manual_seed(0))
+    try:
+        result = measure(x, f, repeats, foreign)
+    finally:
+        if foreign is not None:
+            foreign.close()
+    print(table(result, markdown=False))
+    if "nnm" in result and result["nnm"]["byzfl"] is None and foreign is not None:
+        NOTES["nnm"] = ("ByzFL gathers an (n, n - f, d) tensor: beyond 2 GiB it runs on d/10 "
+                        "only (row 'nnm d/10')")
+    for name, note in NOTES.items():
+        if name in result:
+            print(f"  {name}: {note}")
+    load_after = _machine.load()
+    took = f"{(time.perf_counter() - began) / 60:.1f} min"
+    print(f"load average after: {load_after}; run time {took}")
+    if args.markdown:
+        high = _machine.high_load()
+        body = [f"### Rules and pre-aggregators, n = {n}, d = {d}, f = {f}", "",
+                f"`{command.strip()}` (median of {repeats} interleaved calls)", "",
+                *[f"- {line}" for line in header],
+                f"- {_foreign.versions_line(foreign)}",
+                *[f"- {_foreign.quote_line(lib)}" for lib in missing],
+                f"- load average before / after: {load_before} / {load_after}; run time {took}"
+                + (" -- **measured at high load**" if high else ""), "",
+                table(result, markdown=True), "",
+                *[f"- {name}: {note}" for name, note in NOTES.items() if name in result],
+                *[f"- not timed: {name} ({why})" for name, why in SKIPPED.items()]]
+        _report.write_section(args.markdown, "aggregators", "\n".join(body))
+        print(f"wrote the 'aggregators' section of {args.markdown}")
 
 
 if __name__ == "__main__":

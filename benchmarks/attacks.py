@@ -1,15 +1,18 @@
-"""Attack speed: median time per forge, against one read pass of the honest matrix and, where
-ByzFL implements the same attack, against ByzFL run in a subprocess on the same sizes.
+"""Attack speed: ms per forge, against one read pass of the honest matrix and against ByzFL's
+and byzpy's implementation of the same attack, measured side by side.
 
     python benchmarks/attacks.py                 # n = 51, d = 1e6, f = 12 (h = 39 honest)
-    python benchmarks/attacks.py --quick         # d = 1e4, for a smoke run
-    python benchmarks/attacks.py --byzfl-python PATH --byzfl-path DIR
+    python benchmarks/attacks.py --quick         # d = 1e4, 3 repeats (smoke run)
+    python benchmarks/attacks.py --markdown docs/benchmarks.md
+    python benchmarks/attacks.py --byzfl-python PATH --byzfl-pythonpath DIR
 
 Each attack forges its f rows as the simulator has it do: in place, in the rows after the
 honest ones of the received (n, d) matrix. Rule-aware attacks ask the rule named in the table
-(``optimal-*``: 20 rule calls, as ByzFL's default). ByzFL's timing needs a Python where
-``import byzfl`` works (ByzFL imports torchvision: a stub package on PYTHONPATH will do); by
-default ``/work/wt/byzfl-venv/bin/python`` with ``/work/wt/byzfl-stub``, skipped when absent.
+(``optimal-*``: ByzFL's default of 20 rule calls). Where ByzFL / byzpy import (this
+interpreter, ``--byzfl-python`` or ``$BYZSGD_BYZFL_PYTHON``; ``--no-byzfl`` skips them), they
+get the same matrix (saved as .npy) and the calls alternate -- read pass, ours, ByzFL's,
+byzpy's -- medians of each; ``x ByzFL`` / ``x byzpy``: their time over ours (above 1: byzsgd
+faster). Without them the anchors are quoted with their machine, and nothing is divided.
 """
 
 from __future__ import annotations
@@ -18,139 +21,153 @@ from __future__ import annotations
 import byzsgd  # noqa: F401  # isort: skip
 
 import argparse
-import json
-import os
 import statistics
-import subprocess
+import sys
 import time
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _foreign
+import _machine
+import _report
+
 from byzsgd import aggregators, attacks
 
-#: (label, attack, params, rule or None, ByzFL equivalent or None).
+#: (label, attack, params, rule or None, the other libraries' operation or None).
 CASES = [
     ("alie", "alie", {"z": 1.5, "knowledge": "omniscient"}, None, "alie"),
     ("ipm", "ipm", {"epsilon": 0.1}, None, "ipm"),
+    ("sign-flip", "sign-flip", {}, None, "sign-flip"),
+    ("gaussian", "gaussian", {"sigma": 200.0}, None, "gaussian"),
     ("min-max", "min-max", {}, None, None),
     ("min-max std", "min-max", {"perturbation": "std"}, None, None),
     ("min-sum", "min-sum", {}, None, None),
     ("fang-krum", "fang-krum", {}, "krum", None),
     ("fang-trim", "fang-trim", {}, "median", None),
     ("mimic warm-up", "mimic", {"warmup": 10 ** 9}, None, None),
-    # ByzFL's Mimic returns the row of a worker given by index (no heuristic, one view)
+    # ByzFL's and byzpy's Mimic return the row of a worker given by index (no heuristic)
     ("mimic frozen", "mimic", {"warmup": 1}, None, "mimic"),
-    ("optimal-alie", "optimal-alie", {}, "median", "optimal-alie-median"),
-    ("optimal-alie krum", "optimal-alie", {}, "krum", "optimal-alie-krum"),
-    ("optimal-ipm", "optimal-ipm", {}, "median", "optimal-ipm-median"),
+    ("optimal-alie", "optimal-alie", {}, "median", "optimal-alie"),
+    ("optimal-alie krum", "optimal-alie", {}, "krum", "optimal-alie krum"),
+    ("optimal-ipm", "optimal-ipm", {}, "median", "optimal-ipm"),
 ]
 
-BYZFL_SCRIPT = r"""
-import json, statistics, sys, time
-import torch, byzfl
-h, f, d, repeats = (int(a) for a in sys.argv[1:5])
-x = torch.randn(h, d, generator=torch.Generator().manual_seed(0)) + 0.1
-cases = {
-    "alie": lambda: byzfl.ALittleIsEnough(tau=1.5),
-    "ipm": lambda: byzfl.InnerProductManipulation(tau=0.1),
-    "mimic": lambda: byzfl.Mimic(epsilon=0),
-    "optimal-alie-median": lambda: byzfl.Optimal_ALittleIsEnough(
-        agg=byzfl.Median(), pre_agg_list=[], f=f),
-    "optimal-alie-krum": lambda: byzfl.Optimal_ALittleIsEnough(
-        agg=byzfl.Krum(f=f), pre_agg_list=[], f=f),
-    "optimal-ipm-median": lambda: byzfl.Optimal_InnerProductManipulation(
-        agg=byzfl.Median(), pre_agg_list=[], f=f),
-}
-out = {}
-for name in sys.argv[5].split(","):
-    attack = cases[name]()
-    times, reads = [], []
-    for _ in range(repeats):
-        tic = time.perf_counter()
-        x.sum(0)
-        reads.append(time.perf_counter() - tic)
-        tic = time.perf_counter()
-        attack(x)
-        times.append(time.perf_counter() - tic)
-    out[name] = (statistics.median(times) * 1e3, statistics.median(reads) * 1e3)
-print(json.dumps(out))
-"""
+
+def measure(matrix: torch.Tensor, f: int, repeats: int,
+            foreign: _foreign.Foreign | None) -> dict[str, dict[str, float | None]]:
+    n = matrix.shape[0]
+    h = n - f
+    honest, out = matrix[:h], matrix[h:]
+    own = matrix[h:].clone()
+    offered = foreign.load(matrix, f) if foreign is not None else set()
+    forges, theirs = {}, {}
+    for label, name, params, rule_name, other in CASES:
+        rule = aggregators.bind(rule_name or "krum", f)
+        attack = attacks.get(name, **params)
+
+        def forge(attack=attack, rule=rule):
+            attack(honest=honest, f=f, n=n, rule=rule, out=out, own=own,
+                   generator=torch.Generator().manual_seed(1))
+
+        forges[label] = forge
+        theirs[label] = [op for op in (f"byzfl:{other}", f"byzpy:{other}")
+                         if other and op in offered]
+    times = {label: {key: [] for key in ["read", "ours", *theirs[label]]} for label in forges}
+    for label, forge in forges.items():  # warm-up: compilation, caches
+        forge()
+        for op in theirs[label]:
+            foreign.call_ms(op)
+    for i in range(repeats):
+        print(f"  round {i + 1} of {repeats} ...", file=sys.stderr, flush=True)
+        for label, forge in forges.items():
+            start = time.perf_counter()
+            honest.sum(0)
+            times[label]["read"].append((time.perf_counter() - start) * 1e3)
+            start = time.perf_counter()
+            forge()
+            times[label]["ours"].append((time.perf_counter() - start) * 1e3)
+            for op in theirs[label]:
+                value = foreign.call_ms(op)
+                if value is not None:
+                    times[label][op].append(value)
+    result = {}
+    for label, columns in times.items():
+        med = {key: statistics.median(v) if v else None for key, v in columns.items()}
+        result[label] = {"read": med["read"], "ours": med["ours"],
+                         "byzfl": next((v for k, v in med.items() if k.startswith("byzfl:")),
+                                       None),
+                         "byzpy": next((v for k, v in med.items() if k.startswith("byzpy:")),
+                                       None)}
+    return result
 
 
-def interleaved_ms(fn, read, repeats: int) -> tuple[float, float]:
-    """Median ms of ``fn`` and of ``read``, timed alternately (the load is shared)."""
-    fn()  # warm-up (compilation, caches)
-    times, reads = [], []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        read()
-        reads.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3, statistics.median(reads) * 1e3
-
-
-def byzfl_times(python: str, path: str, h: int, f: int, d: int, repeats: int,
-                names: list[str]) -> dict[str, tuple[float, float]] | None:
-    if not Path(python).exists():
-        return None
-    env = {**os.environ, "PYTHONPATH": path}
-    result = subprocess.run([python, "-c", BYZFL_SCRIPT, str(h), str(f), str(d), str(repeats),
-                             ",".join(names)], capture_output=True, text=True, env=env,
-                            timeout=3600)
-    if result.returncode != 0:
-        print(f"ByzFL not timed: {result.stderr.strip().splitlines()[-1:]}")
-        return None
-    return json.loads(result.stdout.strip().splitlines()[-1])
+def table(result: dict[str, dict[str, float | None]], markdown: bool) -> str:
+    rules = {label: rule or "" for label, _, _, rule, _ in CASES}
+    headers = ["attack", "rule", "ms", "x read pass", "ByzFL ms", "x ByzFL", "byzpy ms",
+               "x byzpy"]
+    rows = [[label, rules[label], _report.ms(r["ours"]), f"{r['ours'] / r['read']:.1f}",
+             _report.ms(r["byzfl"]), _report.ratio(r["byzfl"], r["ours"]),
+             _report.ms(r["byzpy"]), _report.ratio(r["byzpy"], r["ours"])]
+            for label, r in result.items()]
+    return (_report.markdown_table if markdown else _report.text_table)(headers, rows)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="d = 1e4, 3 repeats")
-    parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--byzfl-python", default="/work/wt/byzfl-venv/bin/python")
-    parser.add_argument("--byzfl-path", default="/work/wt/byzfl-stub")
-    parser.add_argument("--no-byzfl", action="store_true")
+    parser.add_argument("--d", type=int, default=None, help="default 1e6 (1e4 with --quick)")
+    parser.add_argument("--repeats", type=int, default=None, help="default 3")
+    parser.add_argument("--no-byzfl", action="store_true", help="same as --byzfl-python none")
+    parser.add_argument("--markdown", default=None, metavar="PATH",
+                        help="also write the table as the 'attacks' section of PATH")
+    _foreign.add_arguments(parser)
     args = parser.parse_args(argv)
     n, f = 51, 12
-    d = 10_000 if args.quick else 1_000_000
-    h = n - f
-    repeats = args.repeats or (3 if args.quick else 5)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, n={n}, "
-          f"f={f}, d={d}, median of {repeats} runs; load average before: "
-          + " ".join(f"{v:.2f}" for v in os.getloadavg()))
+    d = args.d or (10_000 if args.quick else 1_000_000)
+    repeats = args.repeats or 3
+    command = _foreign.command("attacks.py", argv, args.byzfl_python)
+    began = time.perf_counter()
+    header = _machine.describe()
+    for line in header:
+        print(line)
+    load_before = _machine.load()
+    python = None if args.no_byzfl else _foreign.find_python(args.byzfl_python)
+    foreign = _foreign.start(python, args.byzfl_pythonpath, torch.get_num_threads())
+    print(_foreign.versions_line(foreign))
+    missing = [lib for lib, key in (("ByzFL 0.0.11", "byzfl"), ("byzpy 0.1.4", "byzpy"))
+               if foreign is None or not foreign.has(key)]
+    for library in missing:  # ANCHORS.md has no attack timings: say so
+        print(f"{library.split()[0]} not installed: no anchor numbers for attacks in "
+              "ANCHORS.md to quote; its columns stay empty")
+    print(f"n={n}, f={f}, d={d}, float32, median of {repeats} interleaved forges each; "
+          "x read pass: ours over one read pass of the honest matrix; x ByzFL / x byzpy: their "
+          "ms over ours (above 1: byzsgd faster)")
     matrix = torch.randn(n, d, generator=torch.Generator().manual_seed(0)) + 0.1
-    honest, out = matrix[:h], matrix[h:]
-    ours: dict[str, tuple[float, float]] = {}
-    for label, name, params, rule_name, _ in CASES:
-        rule = aggregators.bind(rule_name or "krum", f)
-        attack = attacks.get(name, **params)
-
-        def forge(attack=attack, rule=rule):
-            attack(honest=honest, f=f, n=n, rule=rule, out=out,
-                   generator=torch.Generator().manual_seed(1))
-
-        ours[label] = interleaved_ms(forge, lambda: honest.sum(0), repeats)
-    theirs = None
-    if not args.no_byzfl:
-        wanted = sorted({c[4] for c in CASES if c[4] is not None})
-        theirs = byzfl_times(args.byzfl_python, args.byzfl_path, h, f, d,
-                             repeats if args.quick else max(1, repeats // 2), wanted)
-    print("ms: median per forge; x read: over one read pass of the honest matrix (sum(0)) "
-          "timed interleaved with it, in the same process; speed-up: ByzFL's x read over ours")
-    print(f"{'attack':<18} {'rule':<7} {'ms':>9} {'x read':>7} {'ByzFL ms':>9} {'x read':>7} "
-          f"{'speed-up':>9}")
-    for label, _, _, rule_name, byzfl_name in CASES:
-        ms, read = ours[label]
-        row = f"{label:<18} {rule_name or '':<7} {ms:>9.1f} {ms / read:>7.1f}"
-        if theirs is not None and byzfl_name in theirs:
-            their_ms, their_read = theirs[byzfl_name]
-            row += (f" {their_ms:>9.1f} {their_ms / their_read:>7.1f} "
-                    f"{(their_ms / their_read) / (ms / read):>8.1f}x")
-        print(row)
-    print("load average after: " + " ".join(f"{v:.2f}" for v in os.getloadavg()))
+    try:
+        result = measure(matrix, f, repeats, foreign)
+    finally:
+        if foreign is not None:
+            foreign.close()
+    print(table(result, markdown=False))
+    load_after = _machine.load()
+    took = f"{(time.perf_counter() - began) / 60:.1f} min"
+    print(f"load average after: {load_after}; run time {took}")
+    if args.markdown:
+        high = _machine.high_load()
+        body = [f"### Attacks, n = {n}, d = {d}, f = {f}", "",
+                f"`{command.strip()}` (median of {repeats} interleaved forges)", "",
+                *[f"- {line}" for line in header],
+                f"- {_foreign.versions_line(foreign)}",
+                f"- load average before / after: {load_before} / {load_after}; run time {took}"
+                + (" -- **measured at high load**" if high else ""), "",
+                table(result, markdown=True), "",
+                "- ByzFL's and byzpy's attacks return one vector; ours write the f rows. "
+                "Their Mimic copies a fixed worker (our 'mimic frozen'); their optimal "
+                "attacks search 20 values like ours."]
+        _report.write_section(args.markdown, "attacks", "\n".join(body))
+        print(f"wrote the 'attacks' section of {args.markdown}")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _machine
+
 BIG = "mlp-1m"
 
 
@@ -123,6 +126,7 @@ def main(argv: list[str] | None = None) -> None:
 
     rounds = args.rounds or (6 if args.quick else 10)
     cases = [("mlp", 4)] if args.quick else [("mlp", 4), ("mlp", 12), (BIG, 4), (BIG, 12)]
+    _machine.print_header()
     print(f"torch {torch.__version__}, {os.cpu_count()} cores, gloo on 127.0.0.1, 1 server; "
           f"median of {rounds} rounds after {args.warmup} warm-up; load average before: "
           + " ".join(f"{v:.2f}" for v in os.getloadavg()), flush=True)

@@ -16,23 +16,27 @@ import byzsgd  # noqa: F401  # isort: skip
 import argparse
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _machine
+from _data import default_data
+
 from byzsgd import data, models
 from byzsgd._memory import keep_freed_memory
 from byzsgd.engine.flatmodel import FlatModel
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 METHODS = ("mlp", "vmap", "loop")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default=str(DEFAULT_DATA) if DEFAULT_DATA.exists()
-                        else None, help="MNIST IDX files (default: ../shared/data if present, "
+    parser.add_argument("--data-dir", default=default_data(),
+                        help="MNIST IDX files (default: ../shared/data if it holds them, "
                         "else the embedded mnist-5k)")
     parser.add_argument("--workers", type=int, default=51)
     parser.add_argument("--batch", type=int, default=83)
@@ -43,6 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     g = torch.Generator().manual_seed(0)
     idx = torch.randint(0, ds.x_train.shape[0], (args.workers, args.batch), generator=g)
     x, y = ds.x_train[idx], ds.y_train[idx]
+    _machine.print_header()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; n={args.workers}, "
           f"b={args.batch}; load average before: "
           + " ".join(f"{v:.2f}" for v in os.getloadavg()))

@@ -17,10 +17,15 @@ import byzsgd  # noqa: F401  # isort: skip
 import argparse
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _machine
 
 from byzsgd.aggregators._gram import centered_gram, warmup
 from byzsgd.aggregators._linf import linf_distances
@@ -55,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     warmup()
     print(f"warmup() (compile or load from cache): {time.perf_counter() - start:.1f} s")
+    _machine.print_header()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, "
           f"median of {repeats} interleaved runs; load average before: {load()}")
     header = (f"{'n':>3} {'d':>9} {'gram ms':>8} {'x@x.T ms':>9} {'sum ms':>7} "
