@@ -21,6 +21,7 @@ the CPU only; :func:`cpu_fast_paths` is the one place that says whether a run us
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import torch
@@ -48,6 +49,17 @@ def cpu_fast_paths(device: torch.device) -> bool:
     hand-written MLP backward, MKL's batched GEMM): on the CPU only; elsewhere the torch path
     (``vmap`` of autograd) computes the same gradients."""
     return device.type == "cpu"
+
+
+def repeatable(device: torch.device) -> None:
+    """Make the runs of this process on ``device`` repeat their floats (same seed, same
+    device type, same numbers): on CUDA, cuDNN's deterministic algorithms without
+    autotuning, and cuBLAS's fixed workspace (``CUBLAS_WORKSPACE_CONFIG``, read when cuBLAS
+    starts: a process that used cuBLAS before keeps its setting). Nothing to do on the CPU."""
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
 
 
 def dataset_bytes(dataset: Dataset) -> int:

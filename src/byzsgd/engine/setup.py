@@ -95,6 +95,7 @@ def build(config: ExperimentConfig, *, free_memory: int | None = None) -> Setup:
     in the device's free memory (``free_memory`` bytes, measured when None)."""
     cfg = config.validate()
     device = devices.resolve(cfg.device)
+    placement.repeatable(device)
     dataset = data.load(cfg.dataset, cfg.data_dir)
     if cfg.inputs == "standardized":
         dataset = dataset.standardized()
