@@ -24,6 +24,7 @@ from byzsgd.engine import memory, placement
 from byzsgd.engine.setup import build
 from byzsgd.engine.simulator import Simulation
 from byzsgd.experiment import run
+from byzsgd.results import load_checkpoint
 
 QUICK = dict(rounds=3, eval_every=3, workers=7, byzantine=1, batch_size=8,
              eval_train_samples=64)
@@ -47,7 +48,13 @@ def _final(out: Path) -> list[str]:
     # the pattern backdoor: its batches and its evaluation
     dict(dataset="synthetic", model="mlp", aggregator="mean", attack="alie-backdoor",
          backdoor="pattern"),
-], ids=["mlp-krum", "cnn-median-flip", "logreg-averaging-bitflip", "backdoor"])
+    # attacks that draw noise (on the CPU, then moved) or assemble the rule's input
+    dict(dataset="synthetic", model="logreg", aggregator="trimmed-mean", attack="fang-trim"),
+    dict(dataset="synthetic", model="logreg", aggregator="centered-clipping",
+         attack="gaussian"),
+    dict(dataset="synthetic", model="logreg", aggregator="median", attack="optimal-alie"),
+], ids=["mlp-krum", "cnn-median-flip", "logreg-averaging-bitflip", "backdoor", "fang-trim",
+        "cclip-gaussian", "optimal-alie"])
 def test_every_tensor_of_a_run_follows_the_configured_device(tmp_path, values):
     config = ExperimentConfig(**{**QUICK, **values})
     setup = build(config)
@@ -104,12 +111,14 @@ def test_api_records_the_device_used_and_resumes_a_run_recorded_before_the_field
     assert json.loads((tmp_path / "auto" / "summary.json").read_text())["device"] == used
     toml = (tmp_path / "auto" / "config.toml").read_text()
     assert toml.startswith(f"# device used: {used}\n") and 'device = "auto"' in toml
-    # the default device is not written into the config: a run recorded before the field
-    # existed (same dict) resumes
-    cpu = api.run(out=tmp_path / "cpu", **{**QUICK, "rounds": 2})
+    # the default device is not written into the config: a checkpoint of a run recorded
+    # before the field existed holds the same config dict, and resumes
+    cpu = api.run(out=tmp_path / "cpu", **QUICK)
     assert "device" not in cpu["config"] and "device used" not in \
         (tmp_path / "cpu" / "config.toml").read_text()
-    resumed = api.run(out=tmp_path / "cpu", resume=True, **QUICK)
+    checkpoint = load_checkpoint(tmp_path / "cpu" / "checkpoint.pt")
+    assert "device" not in checkpoint["config"] and checkpoint["theta"].device.type == "cpu"
+    resumed = api.run(out=tmp_path / "cpu", resume=True, **QUICK)  # a different config raises
     assert resumed["rounds_done"] == QUICK["rounds"] and resumed["status"] == "complete"
 
 
