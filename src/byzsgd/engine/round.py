@@ -316,8 +316,11 @@ def diagnostic_sums(mode: str, theta: Tensor, truth: Tensor, aggregate: Tensor) 
 
 def seed_dropout(seed: int, t: int, device: torch.device) -> None:
     """Seed the generator the workers' dropout masks of round t are drawn from: torch's CPU
-    generator (:func:`~byzsgd.seeding.seed_round_dropout`), and on CUDA the device's own."""
+    generator (:func:`~byzsgd.seeding.seed_round_dropout`), and on CUDA or MPS the device's
+    own."""
     seed_round_dropout(seed, t)
     if device.type == "cuda":
         index = torch.cuda.current_device() if device.index is None else device.index
         torch.cuda.default_generators[index].manual_seed(derive_seed(seed, "dropout", t))
+    elif device.type == "mps":
+        torch.mps.manual_seed(derive_seed(seed, "dropout", t))
