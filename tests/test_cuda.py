@@ -154,3 +154,19 @@ def test_the_engine_places_every_tensor_of_a_round_on_cuda() -> None:
     sim.round(0)
     assert sim.workspace.matrix.is_cuda and sim.theta.is_cuda
     assert set(sim.evaluate()) >= {"test_accuracy", "train_loss"}
+
+
+def test_a_data_set_that_does_not_fit_travels_per_batch_from_pinned_memory() -> None:
+    from byzsgd.engine import memory, placement
+
+    ds = _cifar_shaped()
+    cuda = torch.device("cuda")
+    placed, on_device = placement.place_dataset(ds, cuda, budget=0)
+    assert not on_device and placed.x_train.is_pinned() and placed.y_train.is_cuda
+    samples = torch.tensor([[3, 1], [4, 1]], device=cuda)
+    batch = placement.gather(placed.x_train, samples, cuda)
+    assert batch.is_cuda and torch.equal(batch.cpu(), ds.x_train[samples.cpu()])
+    whole, on_device = placement.place_dataset(ds, cuda, budget=10**12)
+    assert on_device and whole.x_train.is_cuda and whole.x_test.is_cuda
+    _, total = torch.cuda.mem_get_info(cuda)
+    assert 0 < memory.free_bytes(cuda) <= total
