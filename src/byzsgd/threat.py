@@ -79,17 +79,19 @@ class ThreatModel:
                                               or round < self.stop_round)
 
     def byzantine_rows(self, round: int, generator: torch.Generator | None = None) -> Tensor:
-        """Sorted int64 indices of this round's Byzantine workers.
+        """Sorted int64 indices of this round's Byzantine workers, on the CPU (what a
+        ``generator``, a CPU one, draws; the same on every device).
 
         ``"random"``: f distinct workers drawn uniformly from ``generator``; ``"fixed"``: the
         last f. Empty (and nothing drawn) outside the attack window, when f = 0, and in the
         generalized model (no whole worker is Byzantine there).
         """
         if self.f == 0 or self.model == "generalized" or not self.active(round):
-            return torch.empty(0, dtype=torch.long)
+            return torch.empty(0, dtype=torch.long, device="cpu")
         if self.selection == "fixed":
-            return torch.arange(self.n - self.f, self.n)
-        return torch.sort(torch.randperm(self.n, generator=generator)[: self.f]).values
+            return torch.arange(self.n - self.f, self.n, device="cpu")
+        drawn = torch.randperm(self.n, generator=generator, device="cpu")
+        return torch.sort(drawn[: self.f]).values
 
     def check_attack(self, attack: Attack) -> None:
         """``ValueError`` if ``attack`` does not fit this model (a dimensional attack needs

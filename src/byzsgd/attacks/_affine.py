@@ -111,6 +111,6 @@ def assembled(ctx: Context, honest: Tensor) -> Tensor:
             and honest.data_ptr() + honest.numel() * honest.element_size() == out.data_ptr():
         full = torch.empty(0, dtype=honest.dtype, device=honest.device)
         return full.set_(honest.untyped_storage(), honest.storage_offset(), (h + f, d), (d, 1))
-    full = torch.empty((h + f, d), dtype=ctx.dtype)
+    full = torch.empty((h + f, d), dtype=ctx.dtype, device=honest.device)
     full[:h] = honest
     return full

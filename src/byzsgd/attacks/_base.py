@@ -110,6 +110,16 @@ class Context:
     #: Where the caller wants the (f, d) rows written (None: a new tensor).
     out: Tensor | None = None
 
+    @property
+    def device(self) -> torch.device:
+        """Where the rows are forged: the device of ``out``, ``honest`` or ``own`` (the
+        first given), else the CPU. Random draws are made on the CPU, from ``generator``,
+        and moved here."""
+        for t in (self.out, self.honest, self.own):
+            if t is not None:
+                return t.device
+        return torch.device("cpu")
+
     def need_honest(self, why: str = "") -> Tensor:
         if self.honest is None or self.honest.shape[0] == 0:
             raise ValueError(f"{self.attack}: needs honest= (the correct gradients of this "
@@ -226,7 +236,8 @@ class ClassicAttack(Attack):
                                  f"tensor, got {tuple(out.shape)} {out.dtype}")
             ctx = dataclasses.replace(ctx, out=out)
         if ctx.f == 0:
-            return torch.empty((0, ctx.d), dtype=ctx.dtype) if out is None else out
+            return torch.empty((0, ctx.d), dtype=ctx.dtype, device=ctx.device) \
+                if out is None else out
         rows = self.forge(ctx)
         assert rows.shape == (ctx.f, ctx.d), (self.name, tuple(rows.shape))
         return rows if out is None or rows is out else out.copy_(rows)

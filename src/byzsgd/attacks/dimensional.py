@@ -40,7 +40,8 @@ def flip_bits(values: Tensor, bits: Iterable[int]) -> Tensor:
     """
     v = values.detach().to(torch.float32, copy=True).contiguous()
     flipped = torch.bitwise_xor(v.view(torch.int32),
-                                torch.tensor(flip_mask(bits), dtype=torch.int32))
+                                torch.tensor(flip_mask(bits), dtype=torch.int32,
+                                             device=v.device))
     return flipped.view(torch.float32).to(values.dtype)
 
 
@@ -81,10 +82,10 @@ class BitFlip(DimensionalAttack):
         q = check_int(self.name, "per_coordinate", self.per_coordinate, maximum=n,
                       constraint=f"per_coordinate <= n={n}")
         k = d if self.coordinates is None else min(self.coordinates, d)
-        mask = torch.zeros((n, d), dtype=torch.bool)
-        if q and k:
-            rows = torch.rand((n, k), generator=generator).argsort(dim=0)[:q]
-            mask[rows, torch.arange(k).expand(q, k)] = True
+        mask = torch.zeros((n, d), dtype=torch.bool, device=gradients.device)
+        if q and k:  # drawn on the CPU (the generator's device), then moved
+            rows = torch.rand((n, k), generator=generator, device="cpu").argsort(dim=0)[:q]
+            mask[rows.to(mask.device), torch.arange(k, device=mask.device).expand(q, k)] = True
         out = gradients.detach().clone()
         out[mask] = flip_bits(out[mask], self.bits)
         return out, mask
@@ -130,9 +131,9 @@ class Gambler(DimensionalAttack):
                 generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
         n, d = gradients.shape
         start, stop = self.shard(d)
-        mask = torch.zeros((n, d), dtype=torch.bool)
-        mask[:, start:stop] = torch.rand((n, stop - start), generator=generator) \
-            < self.probability
+        mask = torch.zeros((n, d), dtype=torch.bool, device=gradients.device)
+        drawn = torch.rand((n, stop - start), generator=generator, device="cpu")
+        mask[:, start:stop] = (drawn < self.probability).to(mask.device)
         out = gradients.detach().clone()
         out[mask] = out[mask] * self.scale
         return out, mask

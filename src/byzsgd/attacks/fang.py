@@ -133,7 +133,8 @@ class FangKrum(ClassicAttack):
                     return bool((chosen >= h).any())
             if full is None:
                 full = assembled(ctx, honest) if h + f == n else torch.cat(
-                    [honest, torch.empty((f, ctx.d), dtype=honest.dtype)])
+                    [honest, torch.empty((f, ctx.d), dtype=honest.dtype,
+                                         device=honest.device)])
             full[h:].copy_((-lam * s).to(full.dtype).expand(f, -1))
             chosen = rule.select(full).selected
             return chosen is not None and bool((chosen >= h).any())
@@ -186,7 +187,8 @@ class FangTrim(ClassicAttack):
         side = direction * extreme
         # u in [1, b]: divide where that leaves the honest range (moving toward 0), multiply
         # where it does by growing; 0 where the direction or the extreme value is 0
-        u = torch.rand((ctx.f, ctx.d), generator=ctx.generator, dtype=ctx.dtype)
+        u = torch.rand((ctx.f, ctx.d), generator=ctx.generator, dtype=ctx.dtype,
+                       device="cpu").to(extreme.device)
         u.mul_(self.b - 1.0).add_(1.0)
         rows = torch.where(side > 0, extreme / u, extreme * u)
         rows.masked_fill_(side == 0, 0.0)

@@ -205,7 +205,8 @@ class _Leeway(ClassicAttack):
         gradients (mean and Bessel-corrected standard deviation)."""
         n = ctx.need_n()
         mu, sigma = mean_std(own)
-        noise = torch.randn((n - ctx.f, ctx.d), generator=ctx.generator, dtype=torch.float64)
+        noise = torch.randn((n - ctx.f, ctx.d), generator=ctx.generator, dtype=torch.float64,
+                            device="cpu").to(mu.device)
         return (mu.double() + noise * sigma.double()).to(own.dtype)
 
     def selected(self, rule: Rule, honest: Tensor, byzantine: Tensor, f: int) -> bool:

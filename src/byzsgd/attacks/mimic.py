@@ -114,7 +114,8 @@ class Mimic(ClassicAttack):
         if self.t < self.warmup:
             if self.t == 0:
                 self.mu = mean
-                z0 = torch.randn(d, generator=ctx.generator, dtype=torch.float64)
+                z0 = torch.randn(d, generator=ctx.generator, dtype=torch.float64,
+                                 device="cpu").to(honest.device)
                 self.z = self._power_step(honest, mean, z0)
             else:
                 assert self.mu is not None and self.z is not None
@@ -135,6 +136,6 @@ class Mimic(ClassicAttack):
     def _best_row(self, honest: Tensor) -> int:
         """The row with the largest <x_i, z> (the first on ties)."""
         assert self.z is not None
-        zero = torch.zeros(honest.shape[1], dtype=torch.float64)
+        zero = torch.zeros(honest.shape[1], dtype=torch.float64, device=honest.device)
         proj = centered_products(honest, zero, self.z[None, :])[:, 0]
         return int(torch.argmax(proj))

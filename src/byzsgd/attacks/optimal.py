@@ -154,7 +154,8 @@ class _Optimal(ClassicAttack):
         h, f = honest.shape[0], ctx.f
         a, e = self.family(honest, mean)
         full = assembled(ctx, honest) if honest is given else torch.cat(
-            [honest.to(ctx.dtype), torch.empty((f, ctx.d), dtype=ctx.dtype)])
+            [honest.to(ctx.dtype), torch.empty((f, ctx.d), dtype=ctx.dtype,
+                                               device=honest.device)])
         rows = full[h:]
 
         def objective(t: float) -> float:

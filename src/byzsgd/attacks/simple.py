@@ -36,8 +36,9 @@ class Gaussian(ClassicAttack):
         self.mean = float(mean)
 
     def forge(self, ctx: Context) -> Tensor:
-        noise = torch.randn((ctx.f, ctx.d), generator=ctx.generator, dtype=torch.float64)
-        return (noise * self.sigma + self.mean).to(ctx.dtype)
+        noise = torch.randn((ctx.f, ctx.d), generator=ctx.generator, dtype=torch.float64,
+                            device="cpu")
+        return (noise * self.sigma + self.mean).to(device=ctx.device, dtype=ctx.dtype)
 
 
 @register

@@ -152,7 +152,8 @@ class Dataset:
     def pattern_value(self) -> Tensor:
         """``max_intensity`` shaped (C, 1, 1) to broadcast over images (C, H, W)."""
         self.require_images("a backdoor pattern at maximal intensity")
-        return torch.tensor(self.max_intensity, dtype=self.x_train.dtype).view(-1, 1, 1)
+        return torch.tensor(self.max_intensity, dtype=self.x_train.dtype,
+                            device=self.x_train.device).view(-1, 1, 1)
 
     @property
     def input_shape(self) -> tuple[int, ...]:

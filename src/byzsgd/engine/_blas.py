@@ -50,7 +50,8 @@ def batched_at_b(a: Tensor, b: Tensor, out: Tensor) -> Tensor:
     fn = _sgemm_batch()
     usable = (fn is not None and n > 0 and a.dtype == b.dtype == out.dtype == torch.float32
               and a.is_contiguous() and b.is_contiguous() and out.stride(1) == 1
-              and max(k, m, p) < 2**31 and a.device.type == "cpu")
+              and max(k, m, p) < 2**31
+              and a.device.type == b.device.type == out.device.type == "cpu")
     if not usable:
         return out.copy_(torch.bmm(a.transpose(1, 2), b).view(n, -1))
     pointers = ctypes.c_void_p * n

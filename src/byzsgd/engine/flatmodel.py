@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from byzsgd.engine.mlpgrad import DenseMLPGradients, InputProduct, dense_relu_widths
+from byzsgd.engine.placement import CPU, cpu_fast_paths, gather
 from byzsgd.engine.sparse import SparseRows
 
 #: How the n workers' gradients are computed (see :class:`FlatModel`).
@@ -26,10 +27,12 @@ class FlatModel:
     (the convention of the whole library: gradients are (n, d) tensors, flattened once, here).
 
     ``method`` chooses how the n workers' gradients are computed: ``"mlp"``, the hand-written
-    backward of :mod:`byzsgd.engine.mlpgrad` (dense ReLU MLPs only; the default for them,
-    measured fastest in ``benchmarks/gradients.py``), ``"vmap"``, one ``torch.func.vmap`` over
-    workers (default for other models without convolutions), or ``"loop"``, a Python loop
-    (conv nets, where vmap's batched convolutions were slower here). ``loss_fn(logits,
+    backward of :mod:`byzsgd.engine.mlpgrad` (dense ReLU MLPs only; the default for them on
+    the CPU, measured fastest in ``benchmarks/gradients.py``), ``"vmap"``, one
+    ``torch.func.vmap`` over workers (default for other models without convolutions, and for
+    every model off the CPU), or ``"loop"``, a Python loop (conv nets on the CPU, where vmap's
+    batched convolutions were slower here). The module's device (that of its parameters) is
+    where everything is computed (:mod:`byzsgd.engine.placement`). ``loss_fn(logits,
     targets)`` is the workers' objective (mean cross-entropy by default; the ``"mlp"`` method
     computes that one only).
 
@@ -71,10 +74,14 @@ class FlatModel:
         self.loss_fn = F.cross_entropy if loss_fn is None else loss_fn
         self.calibration = calibration
         self._calibrated: tuple[Tensor, Tensor] | None = None
+        first = next(module.parameters(), None)
+        #: Where the module's parameters are: where theta and the gradients live.
+        self.device = CPU if first is None else first.device
         widths = dense_relu_widths(module) if loss_fn is None else None
         if method is None:
             conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in module.modules())
-            method = "mlp" if widths else "loop" if conv else "vmap"
+            cpu = cpu_fast_paths(self.device)
+            method = "mlp" if widths and cpu else "loop" if conv and cpu else "vmap"
         if method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
         if method == "mlp" and widths is None:
@@ -146,19 +153,21 @@ class FlatModel:
     def use_training_inputs(self, x: Tensor, *, sparse: bool = True) -> None:
         """Keep the training set's inputs x (N, ...) for :meth:`sample_gradients`, encoded
         once: as compressed sparse rows when they are mostly zero and the model is a dense
-        MLP whose hand-written backward computes its first layer from them
-        (:mod:`byzsgd.engine.sparse`; ``sparse=False`` keeps them dense)."""
+        MLP whose hand-written backward computes its first layer from them, on the CPU
+        (:mod:`byzsgd.engine.sparse`; ``sparse=False`` keeps them dense). ``x`` is on the
+        module's device, or in (pinned) CPU memory when it does not fit there
+        (:mod:`byzsgd.engine.placement`)."""
         self.train_x = x
-        self.sparse_inputs = SparseRows.from_dense(x) if sparse and self.method == "mlp" \
-            else None
+        compiled = self.method == "mlp" and cpu_fast_paths(self.device) \
+            and x.device.type == "cpu"
+        self.sparse_inputs = SparseRows.from_dense(x) if sparse and compiled else None
 
     def inputs(self, samples: Tensor) -> Tensor:
-        """The training inputs of the sample indices ``samples`` (k, b): (k, b, ...)."""
+        """The training inputs of the sample indices ``samples`` (k, b): (k, b, ...), on the
+        module's device."""
         x = self.train_x
         assert x is not None, "use_training_inputs first"
-        # index_select on the flat view: ~3x faster than advanced indexing of (N, C, H, W)
-        rows = x.view(x.shape[0], -1).index_select(0, samples.reshape(-1))
-        return rows.view(*samples.shape, *x.shape[1:])
+        return gather(x, samples, self.device)
 
     def sample_gradients(self, theta: Tensor, samples: Tensor, y: Tensor,
                          out: Tensor | None = None) -> Tensor:
@@ -168,7 +177,7 @@ class FlatModel:
         sparse, x = self.sparse_inputs, self.train_x
         if sparse is None or x is None:
             return self.worker_gradients(theta, self.inputs(samples), y, out)
-        dense = torch.empty((samples.numel(), *x.shape[1:]), dtype=x.dtype)
+        dense = torch.empty((samples.numel(), *x.shape[1:]), dtype=x.dtype, device=x.device)
         dense = dense.view(*samples.shape, *x.shape[1:])
         return self.worker_gradients(theta, dense, y, out,
                                      functools.partial(sparse.linear, samples, dense=dense))
@@ -217,7 +226,7 @@ class FlatModel:
                 m.momentum = None  # cumulative average over the chunks
                 m.train()
             for i in range(0, x.shape[0], batch):
-                functional_call(self.module, params, (x[i:i + batch],))
+                functional_call(self.module, params, (self._on_device(x[i:i + batch]),))
         finally:
             for m, momentum in zip(norms, momenta, strict=True):
                 m.momentum = momentum
@@ -234,10 +243,15 @@ class FlatModel:
     @torch.no_grad()
     def predict(self, theta: Tensor, x: Tensor, batch: int = 2048) -> Tensor:
         """Logits for ``x`` in evaluation mode (dropout off; BatchNorm with the server's
-        running statistics at ``theta``, see the class docstring), in chunks."""
+        running statistics at ``theta``, see the class docstring), in chunks of ``batch``
+        examples computed on the module's device (copied there one by one when ``x`` is
+        elsewhere)."""
         if self.buffer_names and self._running_stats():
             self._ensure_calibrated(theta, x)
         self.module.eval()
         params = self.unflatten(theta)
-        return torch.cat([functional_call(self.module, params, (x[i:i + batch],))
-                          for i in range(0, x.shape[0], batch)])
+        chunks = (self._on_device(x[i:i + batch]) for i in range(0, x.shape[0], batch))
+        return torch.cat([functional_call(self.module, params, (c,)) for c in chunks])
+
+    def _on_device(self, x: Tensor) -> Tensor:
+        return x.to(self.device, non_blocking=x.is_pinned())

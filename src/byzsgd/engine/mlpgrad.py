@@ -108,10 +108,10 @@ class DenseMLPGradients:
             weights.append(weight)
             acts.append(a if l == last else a.relu_())
         delta = torch.softmax(acts.pop(), dim=1)
-        delta[torch.arange(n * b), y.reshape(-1)] -= 1.0
+        delta[torch.arange(n * b, device=delta.device), y.reshape(-1)] -= 1.0
         delta.mul_(1.0 / b)
         if out is None:
-            out = torch.empty(n, self.d, dtype=delta.dtype)
+            out = torch.empty(n, self.d, dtype=delta.dtype, device=delta.device)
         for l in range(last, -1, -1):
             (w0, b0, end), fan_in, fan_out = self.slots[l], self.widths[l], self.widths[l + 1]
             per_worker = delta.view(n, b, fan_out)

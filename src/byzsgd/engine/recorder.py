@@ -1,7 +1,8 @@
 """A run's files and its loop of rounds: what both backends write, one way.
 
 :class:`Recorder` owns everything under ``out``: ``metrics.csv`` (one row per evaluation),
-``rounds.csv`` (one row per round), ``config.toml`` (fully resolved), ``summary.json`` and
+``rounds.csv`` (one row per round), ``config.toml`` (fully resolved; a comment names the
+device used when the config says ``auto``), ``summary.json`` (with the device used) and
 ``checkpoint.pt``; the lock ``.lock`` held for the run's life; the rule for an ``out`` that
 already holds a run; resuming from the last checkpoint; and the loop that calls a
 :class:`Trainer` round after round, evaluating every ``eval_every`` rounds. The simulator
@@ -252,7 +253,8 @@ class Recorder:
         else:
             for name in ("metrics.csv", "rounds.csv", "checkpoint.pt", "summary.json"):
                 files[name].unlink(missing_ok=True)
-        atomic_write(files["config.toml"], to_toml(cfg.to_dict()))
+        atomic_write(files["config.toml"], _device_note(cfg, trainer.report())
+                     + to_toml(cfg.to_dict()))
         trainer.begin(state, start)
         metrics = CsvLog(files["metrics.csv"], self.metric_columns)
         rounds = CsvLog(files["rounds.csv"], self.round_columns)
@@ -306,6 +308,14 @@ class Recorder:
         summary.update(trainer.report())
         write_json(files["summary.json"], summary)
         return summary
+
+
+def _device_note(cfg: ExperimentConfig, report: dict[str, Any]) -> str:
+    """A comment for config.toml naming the device the run computes on, when the config
+    names it otherwise (``auto``, ``cuda``); the config itself stays as written, so that a
+    resumed run compares equal to its checkpoint."""
+    used = report.get("device")
+    return f"# device used: {used}\n" if used is not None and used != cfg.device else ""
 
 
 def _summary(row: dict[str, float], best: float, t: int, elapsed: float,

@@ -20,6 +20,11 @@ one: a worker process runs :meth:`Workers.vectors` for its row and, when Byzanti
 the aggregation, the step and :func:`diagnostic_sums` on its shard. Every random draw of round
 t derives from (seed, t): every process computes the same answer, and a resumed run ends with
 the numbers of an uninterrupted one.
+
+The round computes on theta's device (:mod:`byzsgd.engine.placement`): the minibatches, the
+workers' vectors, the received matrix, the attack's rows, the rule and the step are there.
+Who is Byzantine is drawn on the CPU, with the other seeded draws, and stays there (a few
+indices, the same on every device).
 """
 
 from __future__ import annotations
@@ -31,9 +36,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from byzsgd.engine.placement import CPU
 from byzsgd.engine.server import Server, learning_rate, sgd_step
 from byzsgd.metrics import byzantine_selected, diagnostics_from_sums, direction_sums
-from byzsgd.seeding import generator_for, seed_round_dropout
+from byzsgd.seeding import derive_seed, generator_for, seed_round_dropout
 
 if TYPE_CHECKING:
     from byzsgd.data import Dataset
@@ -92,11 +98,13 @@ class Workers:
         """The training-sample indices (k, b) of draw ``index`` for the workers ``rows`` (all
         when None), and their labels, mapped by ``label_map`` for the workers in ``flip``."""
         idx = self.sampler.indices(index)
-        workers = None if rows is None else torch.as_tensor(list(rows), dtype=torch.long)
+        workers = None if rows is None else torch.as_tensor(list(rows), dtype=torch.long,
+                                                             device=idx.device)
         if workers is not None:
             idx = idx[workers]
         y = self.dataset.y_train[idx]
         if flip is not None and flip.numel() and label_map is not None:
+            flip = flip.to(idx.device)
             poisoned = flip if workers is None else torch.isin(workers, flip).nonzero().flatten()
             if poisoned.numel():
                 y = y.clone()
@@ -110,7 +118,7 @@ class Workers:
         """What the workers ``rows`` (all when None) send in round t if honest, one row
         each, written into ``out`` when given. The workers' dropout masks are drawn from
         (seed, t)."""
-        seed_round_dropout(self.seed, t)
+        seed_dropout(self.seed, t, theta.device)
         flat = self.flat
         if self.mode == "gradient":
             samples, y = self.batch(t, rows, flip=flip, label_map=label_map)
@@ -154,7 +162,8 @@ class Adversary:
         themselves whether they are Byzantine this round, and the server which rows are."""
         attacked = self.attack is not None and self.threat.active(t)
         g = generator_for(self.seed, "attack", t)
-        byz = self.threat.byzantine_rows(t, g) if attacked else torch.empty(0, dtype=torch.long)
+        byz = self.threat.byzantine_rows(t, g) if attacked else torch.empty(0, dtype=torch.long,
+                                                                             device=CPU)
         return Draw(attacked, byz, g)
 
     @property
@@ -216,22 +225,24 @@ class Workspace:
     order), then the Byzantine ones. The workers' vectors are computed in place by one
     batched call and read in place by the attack, and its f rows forged in place. Every rule
     is invariant under a permutation of its rows (tests/test_aggregators.py); the rows a rule
-    selected are mapped back to workers with :meth:`workers_of`."""
+    selected are mapped back to workers with :meth:`workers_of`. The matrix is on ``device``
+    (the run's); which worker is on which row is kept on the CPU."""
 
-    def __init__(self, n: int, d: int, dtype: torch.dtype = torch.float32) -> None:
-        self.n, self.d, self.dtype = n, d, dtype
+    def __init__(self, n: int, d: int, dtype: torch.dtype = torch.float32,
+                 device: torch.device = CPU) -> None:
+        self.n, self.d, self.dtype, self.device = n, d, dtype, device
 
     def arrange(self, byzantine: Tensor, *, all_rows: bool) -> Workspace:
         """A fresh matrix for a round whose Byzantine workers are ``byzantine``; the
         Byzantine workers' own honest vectors are computed too when ``all_rows``."""
-        honest_mask = torch.ones(self.n, dtype=torch.bool)
+        honest_mask = torch.ones(self.n, dtype=torch.bool, device=CPU)
         honest_mask[byzantine] = False
         honest_rows = honest_mask.nonzero().flatten()
         self.k = honest_rows.numel()
         self.worker_of_row = torch.cat([honest_rows, byzantine])
         #: The workers whose honest vectors are computed, in row order.
         self.computed = (self.worker_of_row if all_rows else honest_rows).tolist()
-        self.matrix = torch.empty((self.n, self.d), dtype=self.dtype)
+        self.matrix = torch.empty((self.n, self.d), dtype=self.dtype, device=self.device)
         return self
 
     @property
@@ -255,7 +266,7 @@ class Workspace:
         """Rows a rule selected (per shard), as workers."""
         if selected is None:
             return None
-        return [self.worker_of_row[rows] for rows in selected]
+        return [self.worker_of_row[rows.cpu()] for rows in selected]
 
 
 def round_(t: int, theta: Tensor, buffer: Tensor | None, *, workers: Workers,
@@ -301,3 +312,15 @@ def diagnostic_sums(mode: str, theta: Tensor, truth: Tensor, aggregate: Tensor) 
     if mode == "gradient":
         return direction_sums(truth, aggregate)
     return direction_sums(theta - truth, theta - aggregate)
+
+
+def seed_dropout(seed: int, t: int, device: torch.device) -> None:
+    """Seed the generator the workers' dropout masks of round t are drawn from: torch's CPU
+    generator (:func:`~byzsgd.seeding.seed_round_dropout`), and on CUDA or MPS the device's
+    own."""
+    seed_round_dropout(seed, t)
+    if device.type == "cuda":
+        index = torch.cuda.current_device() if device.index is None else device.index
+        torch.cuda.default_generators[index].manual_seed(derive_seed(seed, "dropout", t))
+    elif device.type == "mps":
+        torch.mps.manual_seed(derive_seed(seed, "dropout", t))

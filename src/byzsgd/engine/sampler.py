@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from byzsgd.engine.placement import CPU
 from byzsgd.seeding import generator_for
 
 
@@ -16,10 +17,14 @@ class WorkerSampler:
     Unequal shards (non-IID partitions): each worker draws its batch uniformly with replacement
     from its shard. Either way the batch of round t depends only on (seed, t): runs resume
     exactly.
+
+    The draws are made on the CPU, from the run's seeded CPU generators, and the indices of
+    round t handed out on ``device`` (the run's): every device trains on the same batches.
     """
 
-    def __init__(self, shards: list[Tensor], batch_size: int, seed: int) -> None:
-        sizes = torch.tensor([len(s) for s in shards])
+    def __init__(self, shards: list[Tensor], batch_size: int, seed: int,
+                 device: torch.device = CPU) -> None:
+        sizes = torch.tensor([len(s) for s in shards], device=CPU)
         if int(sizes.min()) < batch_size:
             worst = int(torch.argmin(sizes))
             raise ValueError(f"batch_size ({batch_size}) is larger than worker {worst}'s shard "
@@ -30,7 +35,8 @@ class WorkerSampler:
         self.sizes = sizes
         self.equal = bool((sizes == sizes[0]).all())
         width = int(sizes.max())
-        self.table = torch.zeros(self.n, width, dtype=torch.long)
+        self.device = device
+        self.table = torch.zeros(self.n, width, dtype=torch.long, device=CPU)
         for i, shard in enumerate(shards):
             self.table[i, : len(shard)] = shard
         self.rounds_per_epoch = max(1, int(sizes.float().mean()) // batch_size)
@@ -42,18 +48,18 @@ class WorkerSampler:
         return t / self.rounds_per_epoch
 
     def indices(self, t: int) -> Tensor:
-        """Training-set indices (n, batch_size) of round t."""
+        """Training-set indices (n, batch_size) of round t, on the sampler's device."""
         b = self.batch_size
         if not self.equal:
             g = generator_for(self.seed, "batch", t)
-            u = torch.rand(self.n, b, generator=g)
+            u = torch.rand(self.n, b, generator=g, device=CPU)
             pos = (u * self.sizes[:, None]).long().clamp_(max=self.table.shape[1] - 1)
-            return self.table.gather(1, pos)
+            return self.table.gather(1, pos).to(self.device)
         epoch, k = divmod(t, self.rounds_per_epoch)
         if epoch != self._epoch:
             g = generator_for(self.seed, "epoch", epoch)
-            perm = torch.argsort(torch.rand(self.table.shape, generator=g), dim=1)
-            self._order = self.table.gather(1, perm)
+            perm = torch.argsort(torch.rand(self.table.shape, generator=g, device=CPU), dim=1)
+            self._order = self.table.gather(1, perm).to(self.device)
             self._epoch = epoch
         assert self._order is not None
         return self._order[:, k * b:(k + 1) * b]

@@ -5,7 +5,9 @@ t = 0, 1, ...; a :class:`~byzsgd.engine.recorder.Recorder` runs it, evaluating e
 ``eval_every`` rounds, writing metrics, checkpoints and the summary.
 
 Every random draw of round t derives from (seed, t), so a resumed run ends with the same
-numbers as an uninterrupted one.
+numbers as an uninterrupted one. The run computes on its config's device (:mod:`.placement`);
+summary.json records the device used (``"cuda:0"`` for ``auto`` on a GPU machine), and a
+checkpoint holds CPU tensors, so that a run resumes on any device.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 from torch import Tensor
 
 from byzsgd._memory import keep_freed_memory
+from byzsgd.engine.placement import CPU, to_device
 from byzsgd.engine.recorder import METRIC_COLUMNS, ROUND_COLUMNS, Recorder
 from byzsgd.engine.round import Workspace, round_
 from byzsgd.engine.setup import Setup, build
@@ -40,7 +43,8 @@ class Simulation:
         self.adversary = setup.adversary()
         self.server = setup.server
         self.step = setup.step()
-        self.workspace = Workspace(self.cfg.workers, setup.flat.d, self.theta.dtype)
+        self.workspace = Workspace(self.cfg.workers, setup.flat.d, self.theta.dtype,
+                                   setup.device)
 
     def lr(self, t: int) -> float:
         return self.step.lr_at(t)
@@ -60,17 +64,18 @@ class Simulation:
     def state(self) -> dict[str, Any]:
         """The training state a checkpoint holds (besides the loop's own counters): the
         rule's state across rounds (centered clipping) and the attack's (mimic), when they
-        have one."""
+        have one; on the CPU."""
         state = {"theta": self.theta,
                  "server": {"buffer": self.buffer, **self.s.server.rule_state()}}
         attack = self.adversary.attack
         if hasattr(attack, "state_dict"):
             state["attack"] = attack.state_dict()
-        return state
+        return to_device(state, CPU)
 
     def begin(self, state: dict[str, Any] | None, start: int) -> None:
         """Before round ``start``: from the checkpoint's ``state`` when resuming."""
         if state is not None:
+            state = to_device(state, self.s.device)
             self.theta = state["theta"]
             self.buffer = state["server"]["buffer"]
             self.s.server.load_rule_state(state["server"])
@@ -79,8 +84,8 @@ class Simulation:
                 attack.load_state_dict(state["attack"])
 
     def report(self) -> dict[str, Any]:
-        """Entries added to summary.json (none here)."""
-        return {}
+        """Entries added to summary.json: the device the run computed on."""
+        return {"device": self.s.device_name}
 
     # -- the run -----------------------------------------------------------------------------
 
