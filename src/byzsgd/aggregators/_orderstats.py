@@ -122,7 +122,7 @@ def _plan(m: int, lo: int, hi: int) -> tuple[int, np.ndarray]:
     return groups, np.asarray(rest, dtype=np.int64).reshape(-1, 2)
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def _load(x, rows, groups, buf, j0, w, inf):  # pragma: no cover - compiled
     """Copy columns [j0, j0 + w) of ``x[rows]`` into ``buf`` (sub-block, row, lane), NaN read
     as +inf, each full group of 8 rows sorted on the way by Batcher's 8-wire network (19
