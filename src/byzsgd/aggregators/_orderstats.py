@@ -52,8 +52,8 @@ MODE_MEAMED = 2
 #: 16 vector registers (AVX2, SSE) as well as 32 (AVX-512, NEON); 16 rows in registers were
 #: 2x slower on AVX2 (spills) and are not used anywhere, as no 32-register machine measured
 #: them. Nothing depends on x86: the comparators are selects, the loads and stores plain.
-VARIANT = f"Batcher network, {GROUP} rows sorted in registers on load, " \
-          f"then {LANES}-coordinate tiles in L1, blocks of {SPAN}"
+VARIANT = (f"Batcher network, {GROUP} rows sorted in registers on load, merged by 16 in "
+           f"registers, then {LANES}-coordinate tiles in L1, blocks of {SPAN}")
 kernels.note_variant("orderstats", VARIANT)
 
 
@@ -100,10 +100,13 @@ def prune(pairs: list[tuple[int, int]], wanted: set[int]) -> list[tuple[int, int
 
 
 @lru_cache(maxsize=256)
-def _plan(m: int, lo: int, hi: int) -> tuple[int, np.ndarray]:
+def _plan(m: int, lo: int, hi: int) -> tuple[int, int, np.ndarray]:
     """How the kernel sorts positions ``lo..hi`` (inclusive) of ``m`` wires into place: the
     number of full groups of :data:`GROUP` wires sorted in registers as they are copied in
-    (all of Batcher's comparators with p < GROUP inside them), and the comparators left.
+    (all of Batcher's comparators with p < GROUP inside them), the number of full aligned groups
+    of 16 wires merged in registers next (all comparators with p = GROUP inside them: they
+    only ever pair wires of one such group, and touch no wire of the partial groups, so moving
+    them ahead of those is exact), and the comparators left, in their order.
 
     The result is the pruned network's, bit for bit: the comparators pruning drops touch wires
     whose values never reach a wanted position, so running them anyway changes nothing there
@@ -118,8 +121,10 @@ def _plan(m: int, lo: int, hi: int) -> tuple[int, np.ndarray]:
             needed.update((a, b))
     kept.reverse()
     groups = m // GROUP
-    rest = [(a, b) for a, b, p in kept if not (p < GROUP and b < groups * GROUP)]
-    return groups, np.asarray(rest, dtype=np.int64).reshape(-1, 2)
+    blocks16 = m // 16
+    rest = [(a, b) for a, b, p in kept if not (p < GROUP and b < groups * GROUP)
+            and not (p == GROUP and b < blocks16 * 16)]
+    return groups, blocks16, np.asarray(rest, dtype=np.int64).reshape(-1, 2)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -210,8 +215,92 @@ def _load(x, rows, groups, buf, j0, w, inf):  # pragma: no cover - compiled
                 dst[k] = v if v == v else inf
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _merge16(b, blocks):  # pragma: no cover - compiled
+    """Batcher's stage p = 8 (25 comparators) on each of the first ``blocks`` aligned groups of
+    16 wires of the tile ``b`` (wire, lane), whose halves are sorted: written out, so that the
+    values stay in registers (a few spill on AVX2; still 10-15% faster than the loop)."""
+    for h in range(blocks):
+        r0 = h * 16
+        w0 = b[r0 + 0]
+        w1 = b[r0 + 1]
+        w2 = b[r0 + 2]
+        w3 = b[r0 + 3]
+        w4 = b[r0 + 4]
+        w5 = b[r0 + 5]
+        w6 = b[r0 + 6]
+        w7 = b[r0 + 7]
+        w8 = b[r0 + 8]
+        w9 = b[r0 + 9]
+        w10 = b[r0 + 10]
+        w11 = b[r0 + 11]
+        w12 = b[r0 + 12]
+        w13 = b[r0 + 13]
+        w14 = b[r0 + 14]
+        w15 = b[r0 + 15]
+        for k in range(LANES):
+            v0 = w0[k]
+            v1 = w1[k]
+            v2 = w2[k]
+            v3 = w3[k]
+            v4 = w4[k]
+            v5 = w5[k]
+            v6 = w6[k]
+            v7 = w7[k]
+            v8 = w8[k]
+            v9 = w9[k]
+            v10 = w10[k]
+            v11 = w11[k]
+            v12 = w12[k]
+            v13 = w13[k]
+            v14 = w14[k]
+            v15 = w15[k]
+            v0, v8 = min(v8, v0), max(v0, v8)
+            v1, v9 = min(v9, v1), max(v1, v9)
+            v2, v10 = min(v10, v2), max(v2, v10)
+            v3, v11 = min(v11, v3), max(v3, v11)
+            v4, v12 = min(v12, v4), max(v4, v12)
+            v5, v13 = min(v13, v5), max(v5, v13)
+            v6, v14 = min(v14, v6), max(v6, v14)
+            v7, v15 = min(v15, v7), max(v7, v15)
+            v4, v8 = min(v8, v4), max(v4, v8)
+            v5, v9 = min(v9, v5), max(v5, v9)
+            v6, v10 = min(v10, v6), max(v6, v10)
+            v7, v11 = min(v11, v7), max(v7, v11)
+            v2, v4 = min(v4, v2), max(v2, v4)
+            v3, v5 = min(v5, v3), max(v3, v5)
+            v6, v8 = min(v8, v6), max(v6, v8)
+            v7, v9 = min(v9, v7), max(v7, v9)
+            v10, v12 = min(v12, v10), max(v10, v12)
+            v11, v13 = min(v13, v11), max(v11, v13)
+            v1, v2 = min(v2, v1), max(v1, v2)
+            v3, v4 = min(v4, v3), max(v3, v4)
+            v5, v6 = min(v6, v5), max(v5, v6)
+            v7, v8 = min(v8, v7), max(v7, v8)
+            v9, v10 = min(v10, v9), max(v9, v10)
+            v11, v12 = min(v12, v11), max(v11, v12)
+            v13, v14 = min(v14, v13), max(v13, v14)
+            w0[k] = v0
+            w1[k] = v1
+            w2[k] = v2
+            w3[k] = v3
+            w4[k] = v4
+            w5[k] = v5
+            w6[k] = v6
+            w7[k] = v7
+            w8[k] = v8
+            w9[k] = v9
+            w10[k] = v10
+            w11[k] = v11
+            w12[k] = v12
+            w13[k] = v13
+            w14[k] = v14
+            w15[k] = v15
+
+
 @numba.njit(cache=True, nogil=True)
-def _kernel(x, rows, groups, net, mode, lo, count, out, b0, b1, consts):  # pragma: no cover
+def _kernel(x, rows, groups, blocks16, net, mode, lo, count, out, b0, b1,
+            consts):  # pragma: no cover - compiled
     """The rule's value for the columns of blocks [b0, b1) (of SPAN columns) into ``out``.
     Releases the GIL: several block ranges run at once on the shared thread pool
     (``byzsgd._pool``). ``consts`` holds 1, +inf and 0 in the input's dtype; the 1 is read at
@@ -233,6 +322,7 @@ def _kernel(x, rows, groups, net, mode, lo, count, out, b0, b1, consts):  # prag
         _load(x, rows, groups, buf, j0, w, inf)
         for s in range((w + LANES - 1) // LANES):
             b = buf[s]
+            _merge16(b, blocks16)
             for c in range(net.shape[0]):
                 ia = net[c, 0]
                 ib = net[c, 1]
@@ -289,12 +379,12 @@ def _run(x: Tensor, rows: Tensor | None, mode: int, lo: int, count: int,
            else rows.detach().cpu().numpy().astype(np.int64, copy=False))
     d = x.shape[1]
     out = np.empty(d, dtype=arr.dtype)
-    groups, net = _plan(m, sort_lo, sort_hi)
+    groups, blocks16, net = _plan(m, sort_lo, sort_hi)
     consts = np.array([1.0, np.inf, 0.0], dtype=arr.dtype)
     nblocks = -(-d // SPAN)
     nthreads = 1 if m * d < _SERIAL_VALUES else max(1, torch.get_num_threads())
-    run_ranges(lambda g, b0, b1: _kernel(arr, idx, groups, net, mode, lo, count, out, b0, b1,
-                                         consts),
+    run_ranges(lambda g, b0, b1: _kernel(arr, idx, groups, blocks16, net, mode, lo, count, out,
+                                         b0, b1, consts),
                nblocks, group_count(nblocks, nthreads, _GROUPS_PER_THREAD), nthreads)
     return torch.from_numpy(out)
 
