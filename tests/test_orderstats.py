@@ -6,6 +6,10 @@ row subsets (Bulyan's second phase), float32 and float64, one thread and several
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -146,6 +150,7 @@ def test_row_subsets(kind: str) -> None:
                 check(x, rng.choice(m, size=size, replace=False).astype(np.int64))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("m", [6, 17])
 def test_awkward_large_d_on_two_threads(m: int) -> None:
     """d = 1e6 + 3: many blocks, a partial last block and sub-block, the thread pool."""
@@ -204,3 +209,17 @@ def test_describe_names_the_vector_isa_and_variant() -> None:
     assert name in text and f"{bits_}-bit" in text
     assert ost.VARIANT in text
     assert regs in (0, 16, 32)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_benchmark_runs(threads: str) -> None:
+    """benchmarks/orderstats.py stays runnable and prints the variant and every rule."""
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "orderstats.py"), "--n", "9", "--d", "3000",
+         "--f", "2", "--repeats", "1", "--threads", threads],
+        cwd=root, capture_output=True, text=True, timeout=600, check=True).stdout
+    assert ost.VARIANT in out
+    for name in ("read pass", "median", "trimmed-mean", "meamed", "bulyan-phase2"):
+        assert f"{name}:" in out
