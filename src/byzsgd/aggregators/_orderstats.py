@@ -231,7 +231,7 @@ def _load(x, rows, groups, buf, j0, w, inf):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _merge16(b, blocks):  # pragma: no cover - compiled
+def _merge16(b, blocks, one):  # pragma: no cover - compiled
     """Batcher's stage p = 8 (25 comparators) on each of the first ``blocks`` aligned groups of
     16 wires of the tile ``b`` (wire, lane), whose halves are sorted: written out, so that the
     values stay in registers (a few spill on AVX2; still 10-15% faster than the loop)."""
@@ -295,7 +295,8 @@ def _merge16(b, blocks):  # pragma: no cover - compiled
             v9, v10 = min(v10, v9), max(v9, v10)
             v11, v12 = min(v12, v11), max(v11, v12)
             v13, v14 = min(v14, v13), max(v13, v14)
-            w0[k] = v0
+            # wires 0 and 15 meet one comparator here: times one, or a masked store (_kernel)
+            w0[k] = v0 * one
             w1[k] = v1
             w2[k] = v2
             w3[k] = v3
@@ -310,7 +311,7 @@ def _merge16(b, blocks):  # pragma: no cover - compiled
             w12[k] = v12
             w13[k] = v13
             w14[k] = v14
-            w15[k] = v15
+            w15[k] = v15 * one
 
 
 @numba.njit(cache=True, nogil=True)
@@ -330,14 +331,14 @@ def _kernel(x, rows, groups, blocks16, net, mode, lo, count, out, b0, b1,
     acc = np.zeros(LANES, dtype=x.dtype)
     med = np.zeros(LANES, dtype=x.dtype)
     best_score = np.zeros(LANES, dtype=x.dtype)
-    best = np.zeros(LANES, dtype=np.int64)
+    best = np.zeros(LANES, dtype=x.dtype)
     for blk in range(b0, b1):
         j0 = blk * SPAN
         w = min(SPAN, d - j0)
         _load(x, rows, groups, buf, j0, w, inf)
         for s in range((w + LANES - 1) // LANES):
             b = buf[s]
-            _merge16(b, blocks16)
+            _merge16(b, blocks16, one)
             for c in range(net.shape[0]):
                 ia = net[c, 0]
                 ib = net[c, 1]
@@ -370,18 +371,26 @@ def _kernel(x, rows, groups, blocks16, net, mode, lo, count, out, b0, b1,
                     best_score[k] = inf
                     best[k] = 0
                 for t in range(m - count + 1):
+                    start = t * one  # window starts as floats: exact, and select like scores
                     for k in range(LANES):
                         left = med[k] - b[t, k]
                         right = b[t + count - 1, k] - med[k]
                         score = left if left > right else right
-                        better = score < best_score[k]
-                        best_score[k] = score if better else best_score[k] * one
-                        best[k] = t if better else best[k]
+                        # both old values read first, the new ones stored whatever `better`
+                        # is (times one, as in the network): no masked load or store
+                        held = best_score[k]
+                        held_start = best[k]
+                        better = score < held
+                        best_score[k] = (score if better else held) * one
+                        best[k] = (start if better else held_start) * one
                 # adding 0 for the values outside the window is exact (the sum is never -0)
                 for r in range(m):
                     for k in range(LANES):
-                        inside = best[k] <= r and r < best[k] + count
-                        acc[k] += b[r, k] if inside else zero
+                        # `&`, not `and`, and the value read either way: no branch, so no
+                        # masked load
+                        v = b[r, k]
+                        inside = (best[k] <= r) & (r < best[k] + count)
+                        acc[k] += v if inside else zero
             for k in range(ws):
                 out[c0 + k] = acc[k] / count
 
