@@ -29,7 +29,7 @@ import torch
 from byzsgd.constraints import Options
 
 __all__ = ["GRAM_CHUNK_BYTES", "IMPLS", "IMPL_CONSTRAINT", "compiled_ok", "current",
-           "gram_partial_terms", "use", "use_torch"]
+           "describe", "gram_partial_terms", "note_variant", "use", "use_torch", "vector_isa"]
 
 #: The accepted values of a rule's ``impl`` parameter.
 IMPLS = ("auto", "torch", "compiled")
@@ -86,3 +86,53 @@ def gram_partial_terms(dtype: torch.dtype) -> int:
     their step so the rule's Gram matrix stays finite. The torch implementation accumulates
     in float64 and saturates to ``dtype``'s range, which is no tighter."""
     return GRAM_CHUNK_BYTES // torch.empty((), dtype=dtype).element_size()
+
+
+_VARIANTS: dict[str, str] = {}
+
+
+def note_variant(kernel: str, variant: str) -> None:
+    """Record which variant of a compiled kernel this process runs (called by the kernel's
+    module at import; :func:`describe` lists them)."""
+    _VARIANTS[kernel] = variant
+
+
+def vector_isa() -> tuple[str, int, int]:
+    """The widest SIMD instruction set the compiled kernels target on this CPU (as LLVM, and
+    so numba, sees it): (name, vector width in bits, vector registers). ("unknown", 0, 0) when
+    the host's features cannot be read."""
+    try:
+        from llvmlite import binding
+
+        features = {f[1:] for f in binding.get_host_cpu_features().flatten().split(",")
+                    if f.startswith("+")}
+    except Exception:  # a description must not fail
+        return "unknown", 0, 0
+    if "avx512f" in features:
+        return "avx512f", 512, 32
+    if "avx2" in features:
+        return "avx2", 256, 16
+    if "avx" in features:
+        return "avx", 256, 16
+    if "sve" in features:
+        return "sve", 128, 32  # at least 128 bits; numba's loops use fixed-width NEON
+    if "neon" in features or "fp-armv8" in features:
+        return "neon", 128, 32
+    if "sse2" in features:
+        return "sse2", 128, 16
+    return "scalar", 0, 0
+
+
+def describe() -> str:
+    """One line for benchmarks and bug reports: the CPU as LLVM names it, its vector
+    instruction set and width, and the variant of each compiled kernel noted so far."""
+    try:
+        from llvmlite import binding
+
+        cpu = binding.get_host_cpu_name()
+    except Exception:  # idem
+        cpu = "unknown"
+    name, bits, regs = vector_isa()
+    parts = [f"cpu {cpu}, {name} ({bits}-bit vectors, {regs} registers)"]
+    parts += [f"{kernel}: {variant}" for kernel, variant in sorted(_VARIANTS.items())]
+    return "; ".join(parts)
