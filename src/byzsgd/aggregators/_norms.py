@@ -17,6 +17,8 @@ import math
 import torch
 from torch import Tensor
 
+from byzsgd.kernels import memory
+
 #: Columns per chunk of the float64 fallback: one row of 65536 doubles is 512 KiB.
 CHUNK = 65536
 #: Factors below this are applied in float64 (float32's smallest normal is 1.2e-38).
@@ -50,8 +52,8 @@ def scaled_rows(x: Tensor, factors: Tensor) -> Tensor:
     """A new tensor ``x_i * factors_i`` (factors float64, (n,)); a factor of 0 zeroes its row
     whatever it held (NaN or infinite rows clipped to nothing)."""
     safe = (factors >= TINY) | (factors == 1.0)
-    f32 = torch.where(safe, factors, torch.ones_like(factors)).to(x.dtype)
-    out = x * f32[:, None]
+    f32 = torch.where(safe, factors, torch.ones_like(factors)).to(device=x.device, dtype=x.dtype)
+    out = torch.mul(x, f32[:, None], out=memory.empty(tuple(x.shape), x.dtype, x.device))
     for r in torch.nonzero(~safe, as_tuple=True)[0].tolist():
         s = float(factors[r])
         if s == 0.0:

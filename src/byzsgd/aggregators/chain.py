@@ -50,7 +50,7 @@ from .preaggregation import PRE_AGGREGATORS, pre_spec
 #: Rules with state across rounds, and the keyword through which the chain feeds it.
 STATEFUL = {"centered-clipping": "center"}
 #: Rules that draw random numbers each round, through ``generator=``.
-RANDOM = {"dnc"}
+RANDOM = {"dnc", "signguard"}
 
 Stage = tuple[str, dict[str, object]]
 PreSpecLike = str | tuple[str, Mapping[str, object]] | Mapping[str, Mapping[str, object]]
