@@ -10,8 +10,10 @@ difference from vmap's gradients.
 
 from __future__ import annotations
 
-# first: it bounds OpenMP's spinning, which must happen before torch loads (byzsgd/_openmp.py)
-import byzsgd  # noqa: F401  # isort: skip
+# first: bound OpenMP's spinning, which must happen before torch loads (byzsgd/tuning.py)
+from byzsgd.tuning import tune_process  # isort: skip
+
+tune_process()
 
 import argparse
 import os
@@ -22,7 +24,6 @@ from pathlib import Path
 import torch
 
 from byzsgd import data, models
-from byzsgd._memory import keep_freed_memory
 from byzsgd.engine.flatmodel import FlatModel
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -38,7 +39,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=83)
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args(argv)
-    keep_freed_memory()
     ds = data.load("mnist" if args.data_dir else "mnist-5k", data_dir=args.data_dir)
     g = torch.Generator().manual_seed(0)
     idx = torch.randint(0, ds.x_train.shape[0], (args.workers, args.batch), generator=g)

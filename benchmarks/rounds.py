@@ -15,8 +15,10 @@ the existing libraries' rounds/s measured on the same work (ANCHORS.md).
 
 from __future__ import annotations
 
-# first: it bounds OpenMP's spinning, which must happen before torch loads (byzsgd/_openmp.py)
-import byzsgd  # noqa: F401  # isort: skip
+# first: bound OpenMP's spinning, which must happen before torch loads (byzsgd/tuning.py)
+from byzsgd.tuning import tune_process  # isort: skip
+
+tune_process()
 
 import argparse
 import itertools

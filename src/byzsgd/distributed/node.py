@@ -68,6 +68,9 @@ def role(rank: int, servers: int, workers: int) -> tuple[str, int]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run this process's role; its exit code (the process ends here unless supervising)."""
+    from byzsgd.tuning import tune_process
+
+    tune_process()  # first, before anything loads torch
     from byzsgd.config import ConfigError
 
     argv = sys.argv[1:] if argv is None else argv
@@ -125,12 +128,10 @@ def _run(args: argparse.Namespace, config: ExperimentConfig, kind: str, index: i
          world: int) -> int:
     import torch
 
-    from byzsgd._memory import keep_freed_memory
     from byzsgd.distributed import rendezvous
     from byzsgd.distributed.protocol import Options
     from byzsgd.engine.setup import build
 
-    keep_freed_memory()
     if os.environ.get(THREADS):
         torch.set_num_threads(int(os.environ[THREADS]))
     opts = Options(deadline=args.deadline, connect=args.connect_timeout,
