@@ -17,6 +17,7 @@ worker must not stop a Byzantine-tolerant run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -129,6 +130,7 @@ def _run(args: argparse.Namespace, config: ExperimentConfig, kind: str, index: i
     import torch
 
     from byzsgd.distributed import rendezvous
+    from byzsgd.distributed.placement import this_process_device
     from byzsgd.distributed.protocol import Options
     from byzsgd.engine.setup import build
 
@@ -139,8 +141,13 @@ def _run(args: argparse.Namespace, config: ExperimentConfig, kind: str, index: i
     from byzsgd.distributed.server import LeadServer, lead_recorder, serve
     from byzsgd.distributed.worker import Worker
 
-    # set up before joining: every process is ready when the group is up
-    setup = build(config)
+    # set up before joining: every process is ready when the group is up; on this process's
+    # device (cuda:(local rank mod GPUs) for "cuda"/"auto", see placement), while the config
+    # the run records keeps the device as given
+    device = this_process_device(config.device, rank)
+    setup = build(dataclasses.replace(config, device=device))
+    setup.config = config
+    log.info("%s %d computes on %s", kind, index, device)
     worker = Worker(setup, index, opts) if kind == "worker" else None
     if worker is not None:
         worker.warm_up()
