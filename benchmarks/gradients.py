@@ -43,8 +43,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA) if DEFAULT_DATA.exists()
                         else None, help="MNIST IDX files (default: ../shared/data if present, "
                         "else the embedded mnist-5k)")
-    parser.add_argument("--workers", type=int, default=51)
-    parser.add_argument("--batch", type=int, default=83)
+    parser.add_argument("--workers", type=int, help="n (default 51; --conv: 25)")
+    parser.add_argument("--batch", type=int, help="examples per worker (default 83; --conv: 32)")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--conv", action="store_true",
                         help="the conv-net comparison (cnn-cifar, resnet20) instead")
@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.conv:
         conv_table(args)
         return
+    args.workers = args.workers or 51
+    args.batch = args.batch or 83
     ds = data.load("mnist" if args.data_dir else "mnist-5k", data_dir=args.data_dir)
     g = torch.Generator().manual_seed(0)
     idx = torch.randint(0, ds.x_train.shape[0], (args.workers, args.batch), generator=g)
@@ -98,8 +100,7 @@ def _sync(device: torch.device) -> None:
 
 def conv_table(args: argparse.Namespace) -> None:
     """Loop vs vmap over all workers vs vmap in chunks, for the conv nets, on one device."""
-    n = args.workers if args.workers != 51 else 25  # the issue's n = 25 unless given
-    batch = args.batch if args.batch != 83 else 32
+    n, batch = args.workers or 25, args.batch or 32
     device = torch.device(args.device)
     chunks = [int(k) for k in args.chunks.split(",") if k and int(k) < n]
     g = torch.Generator().manual_seed(0)

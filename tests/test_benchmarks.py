@@ -44,3 +44,10 @@ def test_attacks_benchmark_quick():
     for attack in ("x read", "min-max", "min-sum", "fang-krum", "fang-trim", "mimic",
                    "optimal-alie", "optimal-ipm"):
         assert attack in out
+
+
+@pytest.mark.slow
+def test_gradients_benchmark_conv_table_short():
+    out = run_script("benchmarks/gradients.py", "--conv", "--repeats", "1", "--workers", "3",
+                     "--batch", "2", "--chunks", "2", "--models", "cnn-cifar")
+    assert "cnn-cifar" in out and "vmap/loop" in out and "chunk2/loop" in out
