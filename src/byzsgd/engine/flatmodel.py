@@ -279,16 +279,22 @@ def _device_of(module: nn.Module) -> torch.device:
 
 def default_method(module: nn.Module, dense_mlp: bool, device_type: str) -> str:
     """The gradient method for ``module`` on a device of ``device_type`` (``"cpu"``,
-    ``"cuda"``, ...), chosen by measurement (``benchmarks/gradients.py``): the hand-written
-    backward for dense ReLU MLPs with the default loss (``dense_mlp``); for conv nets, a loop
-    over workers on CPU (one ``vmap`` over 25 workers was 1.2-1.6x slower for the CIFAR CNN and
-    ResNet-20 there: batched convolutions fall off oneDNN's fast path) and ``vmap`` on any
-    other device (one batched kernel launch per layer instead of n; the reason every GPU
-    per-sample-gradient library vmaps); ``vmap`` for everything else."""
+    ``"cuda"``, ...), chosen by measurement (``python benchmarks/gradients.py [--conv]``).
+
+    On the CPU: the hand-written backward for dense ReLU MLPs with the default loss
+    (``dense_mlp``); a loop over workers for conv nets -- at n = 25, b = 32, synthetic
+    CIFAR-shaped data, one ``vmap`` over all workers took 1.24x the loop's time for
+    ``cnn-cifar`` and chunks of 5 workers 2.5x (2 busy cores, load ~10); ``vmap`` for the rest.
+    Off the CPU: ``vmap`` for every model, in chunks of workers when memory is short
+    (:meth:`FlatModel.workers_per_call`) -- one batched kernel launch per layer instead of n,
+    the reason GPU per-sample-gradient code vmaps (not measured here: ``scripts/gpu-check.sh``
+    prints the loop/vmap/chunk table on a GPU)."""
+    if device_type != "cpu":
+        return "vmap"
     if dense_mlp:
         return "mlp"
     conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in module.modules())
-    return "loop" if conv and device_type == "cpu" else "vmap"
+    return "loop" if conv else "vmap"
 
 
 def saved_bytes(module: nn.Module, example_shape: tuple[int, ...], batch: int) -> int:
