@@ -284,7 +284,9 @@ def default_method(module: nn.Module, dense_mlp: bool, device_type: str) -> str:
     On the CPU: the hand-written backward for dense ReLU MLPs with the default loss
     (``dense_mlp``); a loop over workers for conv nets -- at n = 25, b = 32, synthetic
     CIFAR-shaped data, one ``vmap`` over all workers took 1.24x the loop's time for
-    ``cnn-cifar`` and chunks of 5 workers 2.5x (2 busy cores, load ~10); ``vmap`` for the rest.
+    ``cnn-cifar`` and chunks of 5 workers 2.48x; for ``resnet20`` 1.04x and 0.97x, a tie
+    within the noise (2 shared cores, load 10-19), where the loop needs the least memory and
+    keeps the numbers of earlier runs; ``vmap`` for the rest.
     Off the CPU: ``vmap`` for every model, in chunks of workers when memory is short
     (:meth:`FlatModel.workers_per_call`) -- one batched kernel launch per layer instead of n,
     the reason GPU per-sample-gradient code vmaps (not measured here: ``scripts/gpu-check.sh``
