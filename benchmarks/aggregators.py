@@ -19,8 +19,10 @@ of ANCHORS.md with the machine they were measured on, and divides by nothing.
 
 from __future__ import annotations
 
-# first: it bounds OpenMP's spinning, which must happen before torch loads (byzsgd/_openmp.py)
-import byzsgd  # noqa: F401  # isort: skip
+# first: bound OpenMP's spinning, which must happen before torch loads (byzsgd/tuning.py)
+from byzsgd.tuning import tune_process  # isort: skip
+
+tune_process()
 
 import argparse
 import statistics

@@ -11,8 +11,10 @@ center is one of the rows, as the distance-based rules use it.
 
 from __future__ import annotations
 
-# first: it bounds OpenMP's spinning, which must happen before torch loads (byzsgd/_openmp.py)
-import byzsgd  # noqa: F401  # isort: skip
+# first: bound OpenMP's spinning, which must happen before torch loads (byzsgd/tuning.py)
+from byzsgd.tuning import tune_process  # isort: skip
+
+tune_process()
 
 import argparse
 import os

@@ -20,8 +20,10 @@ hold a batch of 83: it then uses a batch of 78 and says so.
 
 from __future__ import annotations
 
-# first: it bounds OpenMP's spinning, which must happen before torch loads (byzsgd/_openmp.py)
-import byzsgd  # noqa: F401  # isort: skip
+# first: bound OpenMP's spinning, which must happen before torch loads (byzsgd/tuning.py)
+from byzsgd.tuning import tune_process  # isort: skip
+
+tune_process()
 
 import argparse
 import os

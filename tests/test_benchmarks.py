@@ -181,3 +181,10 @@ def test_gradients_benchmark_short():
     out = run_script("benchmarks/gradients.py", "--repeats", "1", "--workers", "3",
                      "--batch", "4")
     assert "mlp-2x128" in out and "vmap/mlp" in out
+
+
+@pytest.mark.slow
+def test_gradients_benchmark_conv_table_short():
+    out = run_script("benchmarks/gradients.py", "--conv", "--repeats", "1", "--workers", "3",
+                     "--batch", "2", "--chunks", "2", "--models", "cnn-cifar")
+    assert "cnn-cifar" in out and "vmap/loop" in out and "chunk2/loop" in out

@@ -7,10 +7,14 @@ Vulnerability of Distributed Learning in Byzantium) and Baruch et al. (A Little 
 """
 
 from byzsgd._numba_cache import configure as configure_numba_cache
-from byzsgd._openmp import bound_openmp_spinning
+from byzsgd.tuning import Tuning, tune_process
 
-bound_openmp_spinning()  # before anything imports torch
-configure_numba_cache()  # before anything imports numba
+# Where numba caches the compiled kernels, chosen before anything imports numba; it sets
+# NUMBA_CACHE_DIR only where the package's own directories are not writable. Process tuning
+# (OpenMP spinning, glibc's memory thresholds) is not applied here: see tune_process().
+configure_numba_cache()
+
+__all__ = ["Tuning", "tune_process"]  # and, loaded on first use, run and the helpers below
 
 __version__ = "0.1.0"
 

@@ -10,10 +10,10 @@ Gram matrix takes 3.0 ms right after a small torch op instead of 1.9 ms, and the
 training round of ``benchmarks/rounds.py`` took 17.1 ms with the default spinning against
 15.5 ms with it bounded (four interleaved runs of each).
 
-``GOMP_SPINCOUNT`` bounds the spinning; libgomp reads it once, when torch loads it, so it is
-set here, on importing byzsgd, only if torch is not imported yet and the user has not set it
-(or ``OMP_WAIT_POLICY``) themselves. Back-to-back torch ops are still served by spinning
-threads (their gaps are far below the bound).
+``GOMP_SPINCOUNT`` bounds the spinning; libgomp reads it once, when torch loads it, so
+:func:`byzsgd.tune_process` sets it (not ``import byzsgd``), only if torch is not imported yet
+and the user has not set it (or ``OMP_WAIT_POLICY``) themselves. Back-to-back torch ops are
+still served by spinning threads (their gaps are far below the bound).
 """
 
 from __future__ import annotations

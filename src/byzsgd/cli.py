@@ -214,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from byzsgd.tuning import tune_process
+
+    tune_process()  # first: the parser's imports load torch, which reads GOMP_SPINCOUNT once
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

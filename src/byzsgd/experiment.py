@@ -30,6 +30,7 @@ from byzsgd.grid import (
 )
 from byzsgd.progress import Progress
 from byzsgd.results import write_json
+from byzsgd.tuning import tune_process
 
 #: The grid names this module has always offered (they live in :mod:`byzsgd.grid`).
 __all__ = ["PARAM_AXES", "SWEEP_TABLE", "Sweep", "config_value", "format_table",
@@ -106,7 +107,9 @@ def run_points(points: list[Point], out: str | Path, *, jobs: int = 1, quiet: bo
         for i, job in enumerate(args, 1):
             _report(quiet, i, len(args), *run_job(job))
     else:
-        with mp.get_context("spawn").Pool(min(jobs, len(args))) as pool:
+        # each worker process tunes itself (byzsgd.tune_process) before it loads torch
+        with mp.get_context("spawn").Pool(min(jobs, len(args)),
+                                          initializer=tune_process) as pool:
             for i, (name, summary) in enumerate(pool.imap_unordered(run_job, args), 1):
                 _report(quiet, i, len(args), name, summary)
     return len(todo)

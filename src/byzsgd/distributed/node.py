@@ -17,6 +17,7 @@ worker must not stop a Byzantine-tolerant run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -68,6 +69,9 @@ def role(rank: int, servers: int, workers: int) -> tuple[str, int]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run this process's role; its exit code (the process ends here unless supervising)."""
+    from byzsgd.tuning import tune_process
+
+    tune_process()  # first, before anything loads torch
     from byzsgd.config import ConfigError
 
     argv = sys.argv[1:] if argv is None else argv
@@ -125,12 +129,11 @@ def _run(args: argparse.Namespace, config: ExperimentConfig, kind: str, index: i
          world: int) -> int:
     import torch
 
-    from byzsgd._memory import keep_freed_memory
     from byzsgd.distributed import rendezvous
+    from byzsgd.distributed.placement import this_process_device
     from byzsgd.distributed.protocol import Options
     from byzsgd.engine.setup import build
 
-    keep_freed_memory()
     if os.environ.get(THREADS):
         torch.set_num_threads(int(os.environ[THREADS]))
     opts = Options(deadline=args.deadline, connect=args.connect_timeout,
@@ -138,8 +141,13 @@ def _run(args: argparse.Namespace, config: ExperimentConfig, kind: str, index: i
     from byzsgd.distributed.server import LeadServer, lead_recorder, serve
     from byzsgd.distributed.worker import Worker
 
-    # set up before joining: every process is ready when the group is up
-    setup = build(config)
+    # set up before joining: every process is ready when the group is up; on this process's
+    # device (cuda:(local rank mod GPUs) for "cuda"/"auto", see placement), while the config
+    # the run records keeps the device as given
+    device = this_process_device(config.device, rank)
+    setup = build(dataclasses.replace(config, device=device))
+    setup.config = config
+    log.info("%s %d computes on %s", kind, index, device)
     worker = Worker(setup, index, opts) if kind == "worker" else None
     if worker is not None:
         worker.warm_up()

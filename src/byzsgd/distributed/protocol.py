@@ -35,6 +35,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from byzsgd.distributed.placement import to_host
+
 MAGIC = 0x42595A53  # "BYZS"
 HEADER_LEN = 16
 #: int64 values posted for a header from a server (a longer header aborts gloo).
@@ -172,8 +174,9 @@ def decode_header(buf: Tensor) -> Header:
 
 
 def as_bytes(t: Tensor) -> Tensor:
-    """``t`` as the raw bytes that travel (a view when ``t`` is contiguous)."""
-    return _as_2d(t).contiguous().view(-1).view(torch.uint8)
+    """``t`` as the raw bytes that travel, in host memory (a view when ``t`` is a contiguous
+    CPU tensor; a GPU tensor is staged through pinned memory, :func:`.placement.to_host`)."""
+    return _as_2d(to_host(t)).contiguous().view(-1).view(torch.uint8)
 
 
 def send(msg: Message, dst: int, channel: Channel, timeout: dt.timedelta) -> None:

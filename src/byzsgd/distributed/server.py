@@ -52,6 +52,7 @@ from byzsgd.distributed.faults import (
     validate,
 )
 from byzsgd.distributed.links import Event, accept_workers
+from byzsgd.distributed.placement import to_host
 from byzsgd.distributed.protocol import Channel, Kind, Message, Options
 from byzsgd.engine.recorder import METRIC_COLUMNS, ROUND_COLUMNS, Recorder
 from byzsgd.engine.round import Draw, diagnostic_sums
@@ -112,13 +113,19 @@ class ShardServer:
         self.step = setup.step()
         self.buffer: Tensor | None = None  # this shard of the momentum buffer
         self.theta = setup.flat.initial()[self.a:self.b].clone()
+        #: Where this server aggregates: its model's device (``placement``); the rows arrive
+        #: in host memory and go there in one copy per round.
+        self.device = self.theta.device
         self.events: queue.Queue[Event] = queue.Queue()
         self.links = accept_workers(index, cfg.workers, self.events,
                                     capacity=2 * 4 * self.width + 4096, connect=opts.connect)
         #: Workers that answered the last round: they took its messages (even if the sending
         #: thread has not finished yet), so the next round is queued for them.
         self.answered: set[int] = set()
-        self._matrix = torch.empty(cfg.workers, self.width)  # the received rows, reused
+        # the received rows, reused: filled in host memory (pinned for a GPU), then copied
+        self._host = torch.empty(cfg.workers, self.width, pin_memory=self.device.type == "cuda")
+        self._matrix = self._host if self.device.type == "cpu" else \
+            torch.empty(cfg.workers, self.width, device=self.device)
 
     # -- one round ---------------------------------------------------------------------------
 
@@ -138,7 +145,7 @@ class ShardServer:
 
         # 1-2. theta out, vectors in
         sent = set()
-        out = Message(Kind.ROUND, t, [self.theta])
+        out = Message(Kind.ROUND, t, [to_host(self.theta)])  # staged once for all workers
         for w, link in enumerate(self.links):
             if link.post(out, queue_behind=w in self.answered):
                 sent.add(w)
@@ -146,7 +153,7 @@ class ShardServer:
                 fault(w, ABSENT, link.reason or "still busy with an earlier round")
         got = self._collect(t, Kind.VEC, sent)
         self.answered = {w for w, ev in got.items() if not ev.dead}
-        vectors = self._matrix.fill_(float("nan"))
+        vectors = self._host.fill_(float("nan"))
         compute = 0.0
         for w in sent:
             code, row, why = self._classify(t, got.get(w), Kind.VEC)
@@ -154,6 +161,8 @@ class ShardServer:
             if row is not None:
                 vectors[w] = row
                 compute = max(compute, got[w].extra / 1e3)
+        if self._matrix is not self._host:
+            vectors = self._matrix.copy_(vectors)
         exchange = time.perf_counter()
         if not bool(((status == OK) | (status == NONFINITE)).any()):
             log.error("!!! round %d: no worker's vector reached server %d: its shard of theta "
@@ -186,11 +195,11 @@ class ShardServer:
         elif bool(correct.any()):
             truth = vectors[correct].mean(dim=0)
         else:
-            truth = torch.full((self.width,), float("nan"))
+            truth = torch.full((self.width,), float("nan"), device=self.device)
         timing = {"compute": compute, "exchange": 1e3 * (exchange - start),
                   "attack": 1e3 * (attack - exchange), "aggregation": 1e3 * (done - attack)}
         return ShardReport(status, details, diagnostic_sums(cfg.mode, theta, truth,
-                                                           aggregate.value),
+                                                           aggregate.value).cpu(),
                            byzantine_selected(aggregate.selected, byz), timing)
 
     def _collect(self, t: int, kind: Kind, expected: set[int]) -> dict[int, Event]:
@@ -232,7 +241,7 @@ class ShardServer:
         corrupt each value independently of the others)."""
         if self.single:
             return self.adversary.corrupt(draw, vectors)
-        full = torch.zeros(vectors.shape[0], self.s.flat.d)
+        full = torch.zeros(vectors.shape[0], self.s.flat.d, device=vectors.device)
         full[:, self.a:self.b] = vectors
         return self.adversary.corrupt(draw, full)[:, self.a:self.b]
 
@@ -264,14 +273,14 @@ class ShardServer:
             if code in (ABSENT, MALFORMED):
                 fault(w, code, f"Byzantine row: {why}")
             if row is not None:
-                received[w] = row  # an attack's non-finite values are its business
+                received[w] = row.to(received.device)  # non-finite values: the attack's
         return received
 
     # -- state -------------------------------------------------------------------------------
 
     def load(self, theta: Tensor, buffer: Tensor | None) -> None:
-        self.theta = theta.reshape(-1).clone()
-        self.buffer = None if buffer is None else buffer.reshape(-1).clone()
+        self.theta = theta.reshape(-1).to(self.device).clone()
+        self.buffer = None if buffer is None else buffer.reshape(-1).to(self.device).clone()
 
     def state_parts(self) -> list[Tensor]:
         return [self.theta] if self.buffer is None else [self.theta, self.buffer]
@@ -353,8 +362,10 @@ class LeadServer:
         """Before round ``start``: reset (or truncate) the fault and timing files, and start
         every server from the same theta and buffer (the checkpoint's when resuming)."""
         if state is not None:
-            self.theta = state["theta"]
+            device = self.theta.device
+            self.theta = state["theta"].to(device)
             self.buffer = state["server"]["buffer"]
+            self.buffer = None if self.buffer is None else self.buffer.to(device)
             self.faults.totals.update(state.get("faults", {}))
         self.gathered = True
         self.faults.reset(fresh=state is None, below=start)
@@ -414,9 +425,11 @@ class LeadServer:
         for s in self.others:
             protocol.send(Message(Kind.GATHER, -1), s, Channel.BETWEEN_SERVERS, self._timeout)
             parts.append(protocol.recv(s, Channel.BETWEEN_SERVERS, self._timeout).parts)
-        self.theta = torch.cat([p[0].reshape(-1) for p in parts])
+        device = self.theta.device  # the other servers' shards arrive in host memory
+        self.theta = torch.cat([p[0].reshape(-1).to(device) for p in parts])
         has_buffer = all(len(p) > 1 for p in parts)
-        self.buffer = torch.cat([p[1].reshape(-1) for p in parts]) if has_buffer else None
+        self.buffer = torch.cat([p[1].reshape(-1).to(device) for p in parts]) \
+            if has_buffer else None
         self.gathered = True
 
     def _time(self, t: int, seconds: float, reports: list[ShardReport]) -> None:

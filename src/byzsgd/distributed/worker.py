@@ -38,6 +38,9 @@ class Worker:
 
     def __init__(self, setup: Setup, index: int, opts: Options) -> None:
         self.s = setup
+        #: Where this worker computes: its model's device (``placement``); what the servers
+        #: send arrives in host memory and is moved there.
+        self.device = setup.flat.initial().device
         self.cfg = setup.config
         self.workers = setup.workers()
         self.adversary = setup.adversary()
@@ -60,7 +63,7 @@ class Worker:
         """Work until a server says stop (0); a lost server raises ``RuntimeError``."""
         while (job := self._next_round()) is not None:
             t, theta = job
-            self._round(t, theta)
+            self._round(t, theta.to(self.device))
         return 0
 
     def _round(self, t: int, theta: Tensor) -> None:
@@ -93,8 +96,9 @@ class Worker:
         if self.index not in own:
             self._abstain(t, listed, "its vector did not reach every server")
             return
-        own_rows = torch.cat([_rows(k, own) for k in knows], dim=1)
-        honest = torch.cat([_rows(k, seen) for k in knows], dim=1) if seen else None
+        own_rows = torch.cat([_rows(k, own) for k in knows], dim=1).to(self.device)
+        honest = torch.cat([_rows(k, seen) for k in knows], dim=1).to(self.device) \
+            if seen else None
         n = self.cfg.workers if honest is None else len(own) + len(seen)
         try:
             rows = self.adversary.forge(draw, t, theta, self.step.lr_at(t), self.s.server.rule,

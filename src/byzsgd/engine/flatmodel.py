@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 
 import torch
@@ -28,10 +29,10 @@ class FlatModel:
 
     ``method`` chooses how the n workers' gradients are computed: ``"mlp"``, the hand-written
     backward of :mod:`byzsgd.engine.mlpgrad` (dense ReLU MLPs only; the default for them on
-    the CPU, measured fastest in ``benchmarks/gradients.py``), ``"vmap"``, one
-    ``torch.func.vmap`` over workers (default for other models without convolutions, and for
-    every model off the CPU), or ``"loop"``, a Python loop (conv nets on the CPU, where vmap's
-    batched convolutions were slower here). The module's device (that of its parameters) is
+    the CPU, measured fastest in ``benchmarks/gradients.py``), ``"vmap"``,
+    ``torch.func.vmap`` over workers, ``chunk`` workers per call (default: all that fit in
+    memory, see :meth:`workers_per_call`), or ``"loop"``, a Python loop; the default per model
+    and device is :func:`default_method`'s. The module's device (that of its parameters) is
     where everything is computed (:mod:`byzsgd.engine.placement`). ``loss_fn(logits,
     targets)`` is the workers' objective (mean cross-entropy by default; the ``"mlp"`` method
     computes that one only).
@@ -63,7 +64,7 @@ class FlatModel:
 
     def __init__(self, module: nn.Module, *, method: str | None = None,
                  loss_fn: LossFn | None = None,
-                 calibration: Tensor | None = None) -> None:
+                 calibration: Tensor | None = None, chunk: int | None = None) -> None:
         self.module = module
         self.names = [name for name, _ in module.named_parameters()]
         self.shapes = [p.shape for _, p in module.named_parameters()]
@@ -79,15 +80,21 @@ class FlatModel:
         self.device = CPU if first is None else first.device
         widths = dense_relu_widths(module) if loss_fn is None else None
         if method is None:
-            conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in module.modules())
-            cpu = cpu_fast_paths(self.device)
-            method = "mlp" if widths and cpu else "loop" if conv and cpu else "vmap"
+            device_type = "cpu" if cpu_fast_paths(self.device) else self.device.type
+            method = default_method(module, widths is not None, device_type)
         if method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
         if method == "mlp" and widths is None:
             raise ValueError("method='mlp' needs a dense ReLU MLP ((Flatten,) Linear, ReLU, "
                              "..., Linear with biases) and the default cross-entropy loss")
+        if chunk is not None and chunk < 1:
+            raise ValueError(f"chunk must be >= 1 worker, got {chunk}")
         self.method = method
+        #: Workers per ``vmap`` call of the ``"vmap"`` method; None: as many as fit in half
+        #: the free memory of the model's device (:func:`worker_chunk`), decided on the first
+        #: call for each input shape.
+        self.chunk = chunk
+        self._chunks: dict[tuple[int, ...], int] = {}
         self._mlp = DenseMLPGradients(widths) if method == "mlp" else None
         if self.buffer_names:
             self._worker_grad = vmap(grad(self._loss_with), in_dims=(None, 0, 0, 0),
@@ -193,14 +200,33 @@ class FlatModel:
         self.module.train()
         n = x.shape[0]
         if self.method == "vmap":
-            if self.buffer_names:
-                return batched(theta, x, y, self.buffers(n))
-            return batched(theta, x, y)
+            k = self.workers_per_call(tuple(x.shape))
+            parts = [self._vmapped(theta if theta.dim() == 1 else theta[i:i + k], x[i:i + k],
+                                   y[i:i + k], batched) for i in range(0, n, k)]
+            return parts[0] if len(parts) == 1 else torch.cat(parts)
         rows = [theta] * n if theta.dim() == 1 else list(theta)
         if self.buffer_names:
             return torch.stack([self._grad(rows[i], x[i], y[i], self.buffers())
                                 for i in range(n)])
         return torch.stack([self._grad(rows[i], x[i], y[i]) for i in range(n)])
+
+    def _vmapped(self, theta: Tensor, x: Tensor, y: Tensor, batched) -> Tensor:
+        if self.buffer_names:
+            return batched(theta, x, y, self.buffers(x.shape[0]))
+        return batched(theta, x, y)
+
+    def workers_per_call(self, shape: tuple[int, ...]) -> int:
+        """How many of the n workers one ``vmap`` call takes for inputs of ``shape``
+        (n, b, *example_shape): :attr:`chunk` if set, else :func:`worker_chunk` of the
+        working set :func:`vmap_bytes` and :func:`memory_budget` (computed once per shape)."""
+        n = shape[0]
+        if self.chunk is not None:
+            return min(self.chunk, n)
+        if shape not in self._chunks:
+            per_worker = vmap_bytes(self.module, shape[2:], shape[1], 1)
+            self._chunks[shape] = worker_chunk(n, per_worker,
+                                               memory_budget(_device_of(self.module)))
+        return self._chunks[shape]
 
     # -- evaluation --------------------------------------------------------------------------
 
@@ -255,3 +281,102 @@ class FlatModel:
 
     def _on_device(self, x: Tensor) -> Tensor:
         return x.to(self.device, non_blocking=x.is_pinned())
+
+
+# -- how the workers' gradients are batched: one rule, per device --------------------------------
+
+def _device_of(module: nn.Module) -> torch.device:
+    first = next(module.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def default_method(module: nn.Module, dense_mlp: bool, device_type: str) -> str:
+    """The gradient method for ``module`` on a device of ``device_type`` (``"cpu"``,
+    ``"cuda"``, ...), chosen by measurement (``python benchmarks/gradients.py [--conv]``).
+
+    On the CPU: the hand-written backward for dense ReLU MLPs with the default loss
+    (``dense_mlp``); a loop over workers for conv nets -- at n = 25, b = 32, synthetic
+    CIFAR-shaped data, one ``vmap`` over all workers took 1.24x the loop's time for
+    ``cnn-cifar`` and chunks of 5 workers 2.48x; for ``resnet20`` 1.04x and 0.97x, a tie
+    within the noise (2 shared cores, load 10-19), where the loop needs the least memory and
+    keeps the numbers of earlier runs; ``vmap`` for the rest.
+    Off the CPU: ``vmap`` for every model, in chunks of workers when memory is short
+    (:meth:`FlatModel.workers_per_call`) -- one batched kernel launch per layer instead of n,
+    the reason GPU per-sample-gradient code vmaps (not measured here: ``scripts/gpu-check.sh``
+    prints the loop/vmap/chunk table on a GPU)."""
+    if device_type != "cpu":
+        return "vmap"
+    if dense_mlp:
+        return "mlp"
+    conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in module.modules())
+    return "loop" if conv else "vmap"
+
+
+def saved_bytes(module: nn.Module, example_shape: tuple[int, ...], batch: int) -> int:
+    """Bytes autograd keeps for the backward pass of ``module`` (training mode, buffers
+    copied so that BatchNorm's statistics stay untouched) on a minibatch of ``batch`` zero
+    examples of ``example_shape``, on the module's device."""
+    total = 0
+
+    def pack(t: Tensor) -> Tensor:
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    params = dict(module.named_parameters())
+    device, dtype = _device_of(module), next(iter(params.values())).dtype
+    buffers = {k: b.clone() for k, b in module.named_buffers()}
+    x = torch.zeros((batch, *example_shape), device=device, dtype=dtype)
+    training = module.training
+    module.train()
+    try:  # forked RNG: a dropout layer's draw here must not shift the run's random stream
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+                torch.enable_grad(), \
+                torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            functional_call(module, {**params, **buffers}, (x,))
+    finally:
+        module.train(training)
+    return total
+
+
+def vmap_bytes(module: nn.Module, example_shape: tuple[int, ...] | torch.Size, batch: int,
+               n: int) -> int:
+    """Estimated working set, in bytes, of the n workers' gradients in one ``vmap`` call
+    (minibatches of ``batch`` examples of ``example_shape``): n x batch x the activations
+    autograd saves per example (measured on a forward pass of 2 and 4 examples, so that what
+    does not grow with the batch, such as saved weights, counts once), plus the gradients
+    twice (the per-parameter results and the flat (n, d) matrix). Not counted: the inputs,
+    the received matrix and the rule's buffers."""
+    if n < 1 or batch < 1:
+        raise ValueError(f"vmap_bytes needs n >= 1 and batch >= 1, got n={n}, batch={batch}")
+    shape = tuple(example_shape)
+    two, four = saved_bytes(module, shape, 2), saved_bytes(module, shape, 4)
+    per_example = max(0, (four - two) // 2)
+    fixed = max(0, two - 2 * per_example)
+    d = sum(p.numel() * p.element_size() for p in module.parameters())
+    return n * (batch * per_example + 2 * d) + fixed
+
+
+def memory_budget(device: torch.device, fraction: float = 0.5) -> int:
+    """Bytes the workers' gradients may use on ``device``: ``fraction`` of its free memory
+    (CUDA: ``torch.cuda.mem_get_info``; CPU: the available physical memory), leaving the rest
+    to the received matrix, the rule and other processes."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+    else:
+        try:
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):  # not POSIX: assume it fits
+            return 1 << 62
+    return int(fraction * free)
+
+
+def worker_chunk(n: int, per_worker: int, budget: int) -> int:
+    """Workers per ``vmap`` call: all n when their working set (``per_worker`` bytes each)
+    fits in ``budget`` bytes, else as many as fit, at least 1 (then a loop of single workers).
+    """
+    if n < 1:
+        raise ValueError(f"worker_chunk needs n >= 1, got n={n}")
+    if per_worker < 1:
+        raise ValueError(f"worker_chunk needs per_worker >= 1 byte, got {per_worker}")
+    return max(1, min(n, budget // per_worker))

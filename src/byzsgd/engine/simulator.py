@@ -18,7 +18,6 @@ from typing import Any
 
 from torch import Tensor
 
-from byzsgd._memory import keep_freed_memory
 from byzsgd.engine.placement import CPU, to_device
 from byzsgd.engine.recorder import METRIC_COLUMNS, ROUND_COLUMNS, Recorder
 from byzsgd.engine.round import Workspace, round_
@@ -33,7 +32,6 @@ class Simulation:
     results under ``out`` (as it does the distributed lead server's)."""
 
     def __init__(self, setup: Setup, out: Path) -> None:
-        keep_freed_memory()  # the round's large tensors are reused, not re-faulted
         self.s = setup
         self.cfg = setup.config
         self.out = out
