@@ -7,6 +7,7 @@ initialization, rule, attack and threat model.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,7 @@ from byzsgd import aggregators, attacks, data, models
 from byzsgd.config import ConfigError, ExperimentConfig
 from byzsgd.engine.backdoor import BackdoorTask
 from byzsgd.engine.flatmodel import CALIBRATION_SAMPLES, FlatModel
+from byzsgd.engine.momentum import WorkerMomentum
 from byzsgd.engine.round import Adversary, Step, Workers
 from byzsgd.engine.sampler import WorkerSampler
 from byzsgd.engine.server import Server
@@ -53,6 +55,15 @@ class Setup:
         return Adversary(threat=self.threat, attack=self.attack, seed=cfg.seed, n=cfg.workers,
                          f=cfg.byzantine, flat=self.flat, mode=cfg.mode,
                          backdoor=self.backdoor)
+
+    def momentum(self, workers: Sequence[int] | None = None) -> WorkerMomentum | None:
+        """The momentum buffers of ``workers`` (all when None) when ``worker_momentum`` is
+        on (:mod:`.momentum`), else None."""
+        cfg = self.config
+        if not cfg.worker_momentum:
+            return None
+        return WorkerMomentum(cfg.worker_momentum,
+                              range(cfg.workers) if workers is None else workers)
 
     def step(self) -> Step:
         cfg = self.config
