@@ -234,7 +234,7 @@ def test_config_refuses_bad_betas_naming_the_field(value):
 
 
 def test_config_refuses_model_averaging_and_keeps_old_records():
-    with pytest.raises(ConfigError, match="worker_momentum=0.5 needs mode = gradient"):
+    with pytest.raises(ConfigError, match=r"worker_momentum=0\.5 needs mode = gradient"):
         cfg(worker_momentum=0.5, mode="model-averaging").validate()
     assert "worker_momentum" not in cfg(worker_momentum=0.0).to_dict()
     assert cfg().to_dict()["worker_momentum"] == BETA
