@@ -20,8 +20,10 @@ honest computation runs for every worker every round, Byzantine or not (as the d
 runtime does: each worker process computes its vector before it learns what the attack
 wants), so a worker that was Byzantine in round t - 1 (``selection = random``) resumes round t
 with the buffer its honest gradients would have built: being Byzantine does not reset or
-freeze it. The attack reads the honest workers' momenta (the rows it sees are momenta), and an
-attack with ``knowledge = "own"`` its own workers' momenta.
+freeze it. Under a data attack (label flipping) a Byzantine worker's gradient is computed on
+its poisoned labels and enters its buffer like any other (the worker runs the honest
+algorithm on poisoned data). The attack reads the honest workers' momenta (the rows it sees
+are momenta), and an attack with ``knowledge = "own"`` its own workers' momenta.
 
 Exactness. The update is two elementwise products and one sum, each rounded once (no fused
 multiply-add), so it gives the same floats whether a process updates n rows at once (the
