@@ -211,15 +211,16 @@ def test_sigkill_and_resume_give_the_uninterrupted_floats(tmp_path):
            *_flags(values)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 200
-    while not (cut / "checkpoint.pt").exists() and proc.poll() is None \
-            and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.3)  # a few checkpoints later
+    rows = cut / "rounds.csv"
+    while proc.poll() is None and time.monotonic() < deadline and not (
+            rows.exists() and rows.read_text().count("\n") > 12):
+        time.sleep(0.01)  # kill after round 12: past the checkpoints of rounds 5 and 10
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     assert read_json(cut / "summary.json")["status"] == "running"
-    assert 0 < len(read_csv(cut / "rounds.csv")) < 200
+    assert 10 <= len(read_csv(cut / "rounds.csv")) < 200
+    assert load_checkpoint(cut / "checkpoint.pt")["workers"]["momentum"] is not None
     assert main(["run", "--out", str(cut), "--quiet", "--resume", *_flags(values)]) == 0
     _same_rows(whole, cut)
 
