@@ -85,6 +85,7 @@ CONSTRAINTS: dict[str, Interval | Options | None] = {
     "batch_size": Interval(1), "lr": Interval(0, closed="neither"),
     "lr_schedule": Options(SCHEDULES), "lr_fading": Interval(0, closed="neither"),
     "momentum": Interval(0, 1, closed="left"), "weight_decay": Interval(0),
+    "worker_momentum": Interval(0, 1, closed="left"),
     "partition": NONEMPTY, "partition_alpha": Interval(0, closed="neither"),
     "shards_per_worker": Interval(1), "backdoor": Options(BACKDOORS), "eval_every": Interval(1),
     "eval_train_samples": Interval(1), "seed": Interval(0, 2**63 - 1), "plugins": None,
@@ -140,6 +141,11 @@ class ExperimentConfig:
     lr_fading: float = _f(10000.0, "r of the fading schedule")
     momentum: float = _f(0.0, "server SGD momentum")
     weight_decay: float = _f(0.0, "L2 regularization (server SGD weight decay)")
+    worker_momentum: float = _f(0.0, "beta in [0, 1): each honest worker sends its momentum "
+                                     "m_i <- beta m_i + (1 - beta) g_i instead of its gradient "
+                                     "g_i, and the attacks see momenta (Karimireddy, He, Jaggi "
+                                     "2021, Learning from History; Farhadkhani et al. 2022; "
+                                     "ByzFL); 0: off. Gradient mode only")
     partition: str = _f("iid", "how training data is split among workers: iid, dirichlet, "
                                "shards")
     partition_alpha: float = _f(1.0, "Dirichlet concentration for --partition dirichlet")
@@ -191,9 +197,12 @@ class ExperimentConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields as a dict; ``plugins`` only when there are some and ``device`` only
-        when not ``cpu`` (so that the records of earlier runs stay as they were)."""
+        """The fields as a dict; ``plugins`` only when there are some, ``device`` only
+        when not ``cpu`` and ``worker_momentum`` only when not 0 (so that the records of
+        earlier runs stay as they were)."""
         values = dataclasses.asdict(self)
+        if values["worker_momentum"] == 0:  # the default: off
+            del values["worker_momentum"]
         if not values["plugins"]:
             del values["plugins"]
         if values["device"] == "cpu":  # the default: records stay as they were before it
@@ -281,6 +290,11 @@ class ExperimentConfig:
                                   "to sample or pattern")
         if self.servers > 1 and self.mode != "gradient":
             raise ConfigError("servers > 1 (sharded parameter servers) needs mode = gradient")
+        if self.worker_momentum and self.mode != "gradient":
+            raise ConfigError(f"worker_momentum={self.worker_momentum} needs mode = gradient: "
+                              f"in model-averaging mode the workers send parameters, and a "
+                              f"momentum of parameters is not the momentum of Learning from "
+                              f"History; set worker_momentum = 0 or mode = gradient")
         return self
 
 

@@ -27,6 +27,11 @@ it, ``state_dict()`` / ``load_state_dict()`` carry it through a checkpoint. ``se
 changes it, so an attacker that queries the rule during round t sees the chain as the server
 will run it in round t, including that round's permutation (the attacker knows the server's
 randomness: the worst case; pass ``generator=`` to ``select`` to model one that does not).
+Whatever a rule's ``select`` does, an attack's probes are undone: the attacks snapshot a rule's
+``state_dict()`` before they forge and restore it after (``byzsgd.attacks._base.probing``), so
+a plugin rule that moves its state inside ``select`` is probed without side effects too. The
+distributed servers keep the state per shard (each commits its shard's aggregate) and the
+lead joins the centers into its checkpoint (``distributed/server.py``).
 """
 
 from __future__ import annotations

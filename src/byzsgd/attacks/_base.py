@@ -25,9 +25,11 @@ Where the papers allow both, it is a constructor parameter.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from numbers import Real
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -238,7 +240,8 @@ class ClassicAttack(Attack):
         if ctx.f == 0:
             return torch.empty((0, ctx.d), dtype=ctx.dtype, device=ctx.device) \
                 if out is None else out
-        rows = self.forge(ctx)
+        with probing(rule):
+            rows = self.forge(ctx)
         assert rows.shape == (ctx.f, ctx.d), (self.name, tuple(rows.shape))
         return rows if out is None or rows is out else out.copy_(rows)
 
@@ -246,6 +249,28 @@ class ClassicAttack(Attack):
         """The (f, d) Byzantine rows, f >= 1: a new tensor, or ``ctx.out`` written (what
         :meth:`Context.rows` does)."""
         raise NotImplementedError
+
+
+@contextmanager
+def probing(rule: object) -> Iterator[None]:
+    """Query the deployed ``rule`` without side effects: an attack may call it many times
+    a round (the optimal attacks up to ``evals`` times, Fang's and the leeway attacks'
+    searches), and a rule with state across rounds (centered clipping's previous aggregate,
+    a plugin's running estimate) must leave the round as a round without probing would. A
+    rule that keeps state exposes ``state_dict()`` / ``load_state_dict()`` (as
+    :class:`~byzsgd.aggregators.Chain` does; its ``select`` is already pure, the server's
+    ``commit`` advancing it): the state is snapshot here and restored when the attack is
+    done, whatever the probes did to it. A rule without them is taken to be stateless."""
+    save = getattr(rule, "state_dict", None)
+    load = getattr(rule, "load_state_dict", None)
+    if not (callable(save) and callable(load)):
+        yield
+        return
+    state = copy.deepcopy(save())
+    try:
+        yield
+    finally:
+        load(state)
 
 
 def make_context(attack: str, *, f: object, honest: object = None, own: object = None,

@@ -30,6 +30,7 @@ run), plus fault columns, ``faults.csv`` and ``timings.csv``.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import queue
 import time
@@ -54,6 +55,8 @@ from byzsgd.distributed.faults import (
 from byzsgd.distributed.links import Event, accept_workers
 from byzsgd.distributed.placement import to_host
 from byzsgd.distributed.protocol import Channel, Kind, Message, Options
+from byzsgd.distributed.state import load_rule_state, pack, rule_state, unpack
+from byzsgd.engine.placement import CPU, to_device
 from byzsgd.engine.recorder import METRIC_COLUMNS, ROUND_COLUMNS, Recorder
 from byzsgd.engine.round import Draw, diagnostic_sums
 from byzsgd.engine.server import Server
@@ -116,9 +119,22 @@ class ShardServer:
         #: Where this server aggregates: its model's device (``placement``); the rows arrive
         #: in host memory and go there in one copy per round.
         self.device = self.theta.device
+        #: With ``worker_momentum``: this shard of the last momentum each worker sent (n,
+        #: width), kept for checkpoints; None before the first round.
+        self.momenta: Tensor | None = None
+        self._send_momenta = False  # resumed: tell each worker its buffer with the next ROUND
+        attack = self.adversary.attack
+        #: Server 0 keeps the attack's state across rounds (mimic), which the Byzantine
+        #: workers send back with their rows and get with the next KNOW.
+        self.attack_keeps_state = (index == 0 and attack is not None
+                                   and not self.adversary.dimensional
+                                   and callable(getattr(attack, "state_dict", None)))
+        self.attack_state: dict[str, Any] | None = None
+        blob = 16 * setup.flat.d + 65536 if self.attack_keeps_state else 0
         self.events: queue.Queue[Event] = queue.Queue()
         self.links = accept_workers(index, cfg.workers, self.events,
-                                    capacity=2 * 4 * self.width + 4096, connect=opts.connect)
+                                    capacity=2 * 4 * self.width + 4096 + blob,
+                                    connect=opts.connect)
         #: Workers that answered the last round: they took its messages (even if the sending
         #: thread has not finished yet), so the next round is queued for them.
         self.answered: set[int] = set()
@@ -145,8 +161,13 @@ class ShardServer:
 
         # 1-2. theta out, vectors in
         sent = set()
-        out = Message(Kind.ROUND, t, [to_host(self.theta)])  # staged once for all workers
+        host_theta = to_host(self.theta)  # staged once for all workers
+        out = Message(Kind.ROUND, t, [host_theta])
+        momenta = self.momenta if self._send_momenta else None
+        self._send_momenta = False
         for w, link in enumerate(self.links):
+            if momenta is not None:  # resumed: worker w's buffer travels with its ROUND
+                out = Message(Kind.ROUND, t, [host_theta, momenta[w:w + 1]])
             if link.post(out, queue_behind=w in self.answered):
                 sent.add(w)
             else:
@@ -161,6 +182,10 @@ class ShardServer:
             if row is not None:
                 vectors[w] = row
                 compute = max(compute, got[w].extra / 1e3)
+                if self.cfg.worker_momentum:  # the worker's momentum, for checkpoints
+                    if self.momenta is None:
+                        self.momenta = torch.zeros(n, self.width)
+                    self.momenta[w] = row
         if self._matrix is not self._host:
             vectors = self._matrix.copy_(vectors)
         exchange = time.perf_counter()
@@ -256,34 +281,66 @@ class ShardServer:
         if getattr(self.adversary.attack, "knowledge", None) == "omniscient":
             seen = (honest & arrived).nonzero().flatten().tolist()
         index = torch.tensor(own + seen, dtype=torch.long)
-        know = Message(Kind.KNOW, t, [index, vectors[index]], aux=len(own))
+        parts = [index, vectors[index]]
+        if self.attack_state is not None:  # the colluding attack's state across rounds
+            parts.append(pack(self.attack_state))
+        know = Message(Kind.KNOW, t, parts, aux=len(own))
         for w in byz.tolist():
             if w in sent:
                 self.links[w].post(know, queue_behind=True)
         got = self._collect(t, Kind.BYZ, set(own))
         received = vectors.clone()
         received[byz] = float("nan")
+        state: dict[str, Any] | None = None
         for w in own:
             ev = got.get(w)
             if ev is not None and not ev.dead and not ev.error and ev.kind == Kind.BYZ \
                     and ev.aux == protocol.ABSTAIN:
                 fault(w, ABSENT, "abstained from the attack")
                 continue
+            if self.attack_keeps_state and ev is not None and ev.parts is not None \
+                    and len(ev.parts) == 2:  # its row, and the attack's state after it
+                blob, ev = ev.parts[1], dataclasses.replace(ev, parts=ev.parts[:1])
+                if state is None:
+                    try:
+                        state = unpack(blob)
+                    except ValueError as e:
+                        fault(w, MALFORMED, f"Byzantine row: attack state: {e}")
             code, row, why = self._classify(t, ev, Kind.BYZ)
             if code in (ABSENT, MALFORMED):
                 fault(w, code, f"Byzantine row: {why}")
             if row is not None:
                 received[w] = row.to(received.device)  # non-finite values: the attack's
+        if state is not None:
+            self.attack_state = state
         return received
 
     # -- state -------------------------------------------------------------------------------
 
-    def load(self, theta: Tensor, buffer: Tensor | None) -> None:
+    def load(self, theta: Tensor, state: dict[str, Any]) -> None:
+        """Start from this shard of theta and of ``state`` (:meth:`state`: the momentum
+        buffer, the workers' momenta, the rule's and the attack's state)."""
+        state = to_device(state, self.device)
         self.theta = theta.reshape(-1).to(self.device).clone()
-        self.buffer = None if buffer is None else buffer.reshape(-1).to(self.device).clone()
+        buffer = state.get("buffer")
+        self.buffer = None if buffer is None else buffer.reshape(-1).clone()
+        momenta = state.get("momenta")  # kept in host memory, as received
+        self.momenta = None if momenta is None else momenta.cpu().clone()
+        self._send_momenta = momenta is not None
+        load_rule_state(self.server.rule, state.get("rule"))
+        if self.attack_keeps_state:
+            self.attack_state = state.get("attack")
+
+    def state(self) -> dict[str, Any]:
+        """This shard's state besides theta: the momentum buffer, the workers' momenta
+        (n, width), the rule's state (centered clipping's center on this shard), and on
+        server 0 the attack's."""
+        return to_device({"buffer": self.buffer, "momenta": self.momenta,
+                          "rule": rule_state(self.server.rule), "attack": self.attack_state},
+                         CPU)
 
     def state_parts(self) -> list[Tensor]:
-        return [self.theta] if self.buffer is None else [self.theta, self.buffer]
+        return [self.theta, pack(self.state())]
 
     def stop(self, grace: float = 5.0) -> None:
         """Tell every worker the run is over; wait up to ``grace`` s for the live ones."""
@@ -310,7 +367,7 @@ def serve(setup: Setup, index: int, opts: Options) -> int:
                 protocol.send(Message(Kind.DIAG, msg.round, [report.encode()]), 0,
                               Channel.BETWEEN_SERVERS, idle)
             elif msg.kind == Kind.SYNC:
-                shard.load(msg.parts[0], msg.parts[1] if len(msg.parts) > 1 else None)
+                shard.load(msg.parts[0], unpack(msg.parts[1]))
             elif msg.kind == Kind.GATHER:
                 protocol.send(Message(Kind.STATE, msg.round, shard.state_parts()), 0,
                               Channel.BETWEEN_SERVERS, idle)
@@ -338,6 +395,9 @@ class LeadServer:
         self.shard = ShardServer(setup, 0, opts)
         self.others = range(1, self.cfg.servers)
         self.buffer: Tensor | None = None  # the full momentum buffer, when gathered
+        #: The rest of the state, when gathered: the workers' momenta (n, d), the rule's state
+        #: (full center), the attack's.
+        self.extra: dict[str, Any] = {}
         self.gathered = True  # self.theta and self.buffer are current
         self.plan = FaultPlan("server", 0)
         self.faults = FaultLog(out / "faults.csv", self.cfg.rule_f)
@@ -367,16 +427,19 @@ class LeadServer:
             self.buffer = state["server"]["buffer"]
             self.buffer = None if self.buffer is None else self.buffer.to(device)
             self.faults.totals.update(state.get("faults", {}))
+            self.extra = {"momenta": state.get("workers", {}).get("momentum"),
+                          "rule": state["server"].get("rule"), "attack": state.get("attack")}
         self.gathered = True
         self.faults.reset(fresh=state is None, below=start)
         _restart_csv(self.timings, TIMING_COLUMNS, None if state is None else start)
         for s in range(self.cfg.servers):
             a, b = self.s.server.shards[s]
-            buffer = None if self.buffer is None else self.buffer[a:b]
+            shard = _shard_state(self.buffer, self.extra, a, b, whole=self.cfg.servers == 1)
             if s == 0:
-                self.shard.load(self.theta[a:b], buffer)
+                self.shard.load(self.theta[a:b], shard)
                 continue
-            parts = [self.theta[a:b]] + ([] if buffer is None else [buffer])
+            shard["attack"] = None  # server 0 keeps the attack's state
+            parts = [self.theta[a:b], pack(shard)]
             protocol.send(Message(Kind.SYNC, start, parts), s, Channel.BETWEEN_SERVERS,
                           self._timeout)
 
@@ -407,9 +470,22 @@ class LeadServer:
         return self.s.evaluate(self.theta)
 
     def state(self) -> dict[str, Any]:
+        """What the simulator's checkpoint holds (so that either backend resumes the
+        other's run): theta, the momentum buffer, the rule's state when it has one, the
+        attack's when it has one, the workers' momenta when on; plus the fault totals."""
         self._gather()
-        return {"theta": self.theta, "server": {"buffer": self.buffer},
-                "faults": dict(self.faults.totals)}
+        state: dict[str, Any] = {"theta": self.theta, "server": {"buffer": self.buffer},
+                                 "faults": dict(self.faults.totals)}
+        rule = self.extra.get("rule") or rule_state(self.shard.server.rule)
+        if rule is not None:
+            state["server"]["rule"] = rule
+        attack = self.shard.adversary.attack
+        if callable(getattr(attack, "state_dict", None)):
+            state["attack"] = (self.extra["attack"] if self.extra.get("attack") is not None
+                               else attack.state_dict())  # never attacked yet: its start
+        if self.cfg.worker_momentum:
+            state["workers"] = {"momentum": self.extra.get("momenta")}
+        return state
 
     def report(self) -> dict[str, Any]:
         return {"backend": "distributed", "servers": self.cfg.servers,
@@ -421,15 +497,17 @@ class LeadServer:
         """The full theta and momentum buffer, from every server's shard."""
         if self.gathered:
             return
-        parts = [self.shard.state_parts()]
+        thetas, states = [self.shard.theta], [self.shard.state()]
         for s in self.others:
             protocol.send(Message(Kind.GATHER, -1), s, Channel.BETWEEN_SERVERS, self._timeout)
-            parts.append(protocol.recv(s, Channel.BETWEEN_SERVERS, self._timeout).parts)
+            parts = protocol.recv(s, Channel.BETWEEN_SERVERS, self._timeout).parts
+            thetas.append(parts[0])
+            states.append(unpack(parts[1]))
         device = self.theta.device  # the other servers' shards arrive in host memory
-        self.theta = torch.cat([p[0].reshape(-1).to(device) for p in parts])
-        has_buffer = all(len(p) > 1 for p in parts)
-        self.buffer = torch.cat([p[1].reshape(-1).to(device) for p in parts]) \
-            if has_buffer else None
+        self.theta = torch.cat([p.reshape(-1).to(device) for p in thetas])
+        self.buffer, self.extra = _joined_state(states)
+        self.buffer = None if self.buffer is None else self.buffer.to(device)
+        self.extra["attack"] = states[0]["attack"]
         self.gathered = True
 
     def _time(self, t: int, seconds: float, reports: list[ShardReport]) -> None:
@@ -451,6 +529,36 @@ class LeadServer:
             except RuntimeError as e:
                 log.warning("server %d did not take the stop: %s", s, str(e).splitlines()[0])
         self.shard.stop()
+
+
+def _shard_state(buffer: Tensor | None, extra: dict[str, Any], a: int, b: int, *,
+                 whole: bool) -> dict[str, Any]:
+    """The columns [a, b) of the run's state (:meth:`ShardServer.state`): of the momentum
+    buffer, the workers' momenta, and the rule's center (a rule's state is split by its
+    ``center`` entry, the only one of the library's rules that depends on the coordinates)."""
+    momenta, rule = extra.get("momenta"), extra.get("rule")
+    if rule is not None and not whole and isinstance(rule.get("center"), Tensor):
+        rule = {**rule, "center": rule["center"][a:b].clone()}
+    return {"buffer": None if buffer is None else buffer[a:b],
+            "momenta": None if momenta is None else momenta[:, a:b].clone(),
+            "rule": rule, "attack": extra.get("attack")}
+
+
+def _joined_state(states: list[dict[str, Any]]) -> tuple[Tensor | None, dict[str, Any]]:
+    """The momentum buffer and the rest of the run's state from every server's shard (the
+    inverse of :func:`_shard_state`)."""
+    def cat(key: str, dim: int) -> Tensor | None:
+        values = [s[key] for s in states]
+        if any(v is None for v in values):
+            return None
+        return torch.cat([v.reshape(-1) if dim == 0 else v for v in values], dim=dim)
+
+    rule = states[0]["rule"]
+    if rule is not None and len(states) > 1 and isinstance(rule.get("center"), Tensor):
+        centers = [s["rule"]["center"] for s in states]
+        rule = {**rule, "center": None if any(c is None for c in centers)
+                else torch.cat(centers)}
+    return cat("buffer", 0), {"momenta": cat("momenta", 1), "rule": rule}
 
 
 def lead_recorder(setup: Setup, out: Path) -> Recorder:

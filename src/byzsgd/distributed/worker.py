@@ -9,6 +9,15 @@ shard. A worker knows by itself whether it is Byzantine in round t (the same
 attack with the round's generator as the simulator does, and sends its own Byzantine row
 (all Byzantine workers compute the same f rows: they collude; each sends its own).
 
+With ``worker_momentum`` the worker keeps its own momentum buffer (:mod:`byzsgd.engine.momentum`)
+and sends its momentum as its honest vector, every round, Byzantine or not (the simulator's
+rule). The servers keep the last momentum each worker sent, for checkpoints; a run resumed
+with ``--resume`` restarts every process, and each worker takes its buffer from the checkpoint
+with its first ``ROUND``. A worker that skipped rounds (it hung, and takes the newest round)
+has not added those rounds' gradients to its buffer; a worker process that died is not
+restarted within a run. An attack with state across rounds (mimic) is one colluding adversary:
+server 0 keeps its state, sends it with each ``KNOW`` and takes it back with the rows.
+
 Messages travel over one connection per server (:mod:`.wire`), opened by :meth:`Worker.connect`
 (a worker is not a member of the servers' gloo group). Messages from a server come in order; a
 worker that fell behind (it hung) takes the newest round and drops what is stale.
@@ -27,6 +36,7 @@ from torch import Tensor
 from byzsgd.distributed import rendezvous, wire
 from byzsgd.distributed.faults import FaultPlan, garble
 from byzsgd.distributed.protocol import ABSTAIN, Kind, Message, Options
+from byzsgd.distributed.state import pack, unpack
 from byzsgd.engine.round import Draw
 from byzsgd.engine.setup import Setup
 
@@ -46,6 +56,12 @@ class Worker:
         self.adversary = setup.adversary()
         self.step = setup.step()
         self.index = index
+        #: This worker's momentum buffer (``worker_momentum``; None: off).
+        self.momentum = setup.momentum([index])
+        attack = self.adversary.attack
+        #: The attack keeps state across rounds (mimic): server 0 holds it between rounds.
+        self.attack_keeps_state = (attack is not None and not self.adversary.dimensional
+                                   and callable(getattr(attack, "state_dict", None)))
         self.servers = range(self.cfg.servers)
         self.shards = setup.server.shards
         self.timeout = opts.timedelta("idle")
@@ -72,8 +88,11 @@ class Worker:
         byz = draw.byzantine
         label_map = self.adversary.label_map()
         flip = byz if draw.attacked and label_map is not None else None
-        vector = self.workers.vectors(theta, t, self.step.lr_at(t), [self.index], flip=flip,
-                                      label_map=label_map)[0]
+        vectors = self.workers.vectors(theta, t, self.step.lr_at(t), [self.index], flip=flip,
+                                       label_map=label_map)
+        if self.momentum is not None:  # it sends its momentum: the honest row of the round
+            self.momentum.update([self.index], vectors)
+        vector = vectors[0]
         micros = int(1e6 * (time.perf_counter() - tic))
         garbage = self.plan.before_send(t)
         for server, (a, b) in zip(self.servers, self.shards, strict=True):
@@ -96,6 +115,9 @@ class Worker:
         if self.index not in own:
             self._abstain(t, listed, "its vector did not reach every server")
             return
+        if self.attack_keeps_state and len(knows[0].parts) > 2:
+            # the colluding attack's state after its last round (server 0 keeps it)
+            self.adversary.attack.load_state_dict(unpack(knows[0].parts[2]))
         own_rows = torch.cat([_rows(k, own) for k in knows], dim=1).to(self.device)
         honest = torch.cat([_rows(k, seen) for k in knows], dim=1).to(self.device) \
             if seen else None
@@ -111,7 +133,10 @@ class Worker:
             return
         mine = rows[own.index(self.index)]
         for server, (a, b) in zip(self.servers, self.shards, strict=True):
-            self._send(Message(Kind.BYZ, t, [mine[a:b]]), server)
+            parts = [mine[a:b]]
+            if server == 0 and self.attack_keeps_state:  # the attack's state, for server 0
+                parts.append(pack(self.adversary.attack.state_dict()))
+            self._send(Message(Kind.BYZ, t, parts), server)
 
     def _know(self, t: int, server: int) -> Message | None:
         """Server ``server``'s KNOW of round t (None if it moved on without one)."""
@@ -144,10 +169,21 @@ class Worker:
                         return None
                     if msg.kind == Kind.ROUND:
                         got[server] = msg
+                        if len(msg.parts) > 1 and self.momentum is not None:
+                            self._load_momentum(server, msg.parts[1])
                 target = max(target, got[server].round)  # type: ignore[union-attr]
             if all(m is not None and m.round == target for m in got):
                 shards = [m.parts[0].reshape(-1) for m in got]  # type: ignore[union-attr]
                 return target, shards[0] if len(shards) == 1 else torch.cat(shards)
+
+    def _load_momentum(self, server: int, part: Tensor) -> None:
+        """A resumed run: server ``server``'s shard of this worker's momentum buffer, from
+        the checkpoint."""
+        assert self.momentum is not None
+        a, b = self.shards[server]
+        if self.momentum.buffers is None:
+            self.momentum.buffers = torch.zeros(1, self.s.flat.d, device=self.device)
+        self.momentum.buffers[0, a:b] = part.reshape(-1)
 
     def connect(self, store: dist.Store) -> None:
         """Open this worker's connection to every server (:mod:`.wire`; the store says where

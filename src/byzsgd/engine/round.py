@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from byzsgd.data import Dataset
     from byzsgd.engine.backdoor import BackdoorTask
     from byzsgd.engine.flatmodel import FlatModel
+    from byzsgd.engine.momentum import WorkerMomentum
     from byzsgd.engine.sampler import WorkerSampler
     from byzsgd.threat import ThreatModel
 
@@ -270,28 +271,35 @@ class Workspace:
 
 
 def round_(t: int, theta: Tensor, buffer: Tensor | None, *, workers: Workers,
-           adversary: Adversary, server: Server, step: Step, workspace: Workspace
+           adversary: Adversary, server: Server, step: Step, workspace: Workspace,
+           momentum: WorkerMomentum | None = None
            ) -> tuple[Tensor, Tensor | None, dict[str, float]]:
     """Round t from theta_t and the server's momentum ``buffer``: ``(theta_{t+1}, buffer,
     record)``, the record being the round's rounds.csv row (lr, whether attacked, the
     direction diagnostics, the Byzantine rows the rule selected). ``server`` aggregates
-    (per parameter shard) with the rule."""
+    (per parameter shard) with the rule. With worker ``momentum`` (:mod:`.momentum`) every
+    worker's gradient updates its buffer and the rows sent, read by the attack and
+    aggregated are the momenta."""
     # 1. who is Byzantine this round
     draw = adversary.draw(t)
     byz = draw.byzantine
     lr = step.lr_at(t)
     # 2. the workers' honest vectors at theta_t (the Byzantine workers' own only when the
-    #    attack reads them)
-    ws = workspace.arrange(byz, all_rows=not draw.attacked or adversary.reads_byzantine_vectors())
+    #    attack reads them, or every worker's when each keeps a momentum)
+    reads_own = not draw.attacked or adversary.reads_byzantine_vectors()
+    ws = workspace.arrange(byz, all_rows=reads_own or momentum is not None)
     flip = byz if draw.attacked and adversary.label_map() is not None else None
     workers.vectors(theta, t, lr, ws.computed, flip=flip, label_map=adversary.label_map(),
                     out=ws.computed_rows)
+    if momentum is not None:
+        momentum.update(ws.computed, ws.computed_rows)
     # 3. the attack
     received = ws.matrix
     if draw.attacked and adversary.dimensional:
         received = adversary.corrupt(draw, received)  # a copy: the honest rows stay correct
     elif draw.attacked:
-        adversary.forge(draw, t, theta, lr, server.rule, honest=ws.honest, own=ws.own,
+        adversary.forge(draw, t, theta, lr, server.rule, honest=ws.honest,
+                        own=ws.own if reads_own else None,
                         f=byz.numel(), n=workers.n, out=ws.byzantine,
                         honest_ids=ws.worker_of_row[:ws.k])
     # 4. aggregate and step

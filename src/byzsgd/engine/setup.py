@@ -12,6 +12,7 @@ memory is checked against the device's free memory (:mod:`.memory`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,7 @@ from byzsgd.config import ConfigError, ExperimentConfig
 from byzsgd.engine import memory, placement
 from byzsgd.engine.backdoor import BackdoorTask
 from byzsgd.engine.flatmodel import CALIBRATION_SAMPLES, FlatModel
+from byzsgd.engine.momentum import WorkerMomentum
 from byzsgd.engine.round import Adversary, Step, Workers
 from byzsgd.engine.sampler import WorkerSampler
 from byzsgd.engine.server import Server
@@ -66,6 +68,15 @@ class Setup:
         return Adversary(threat=self.threat, attack=self.attack, seed=cfg.seed, n=cfg.workers,
                          f=cfg.byzantine, flat=self.flat, mode=cfg.mode,
                          backdoor=self.backdoor)
+
+    def momentum(self, workers: Sequence[int] | None = None) -> WorkerMomentum | None:
+        """The momentum buffers of ``workers`` (all when None) when ``worker_momentum`` is
+        on (:mod:`.momentum`), else None."""
+        cfg = self.config
+        if not cfg.worker_momentum:
+            return None
+        return WorkerMomentum(cfg.worker_momentum,
+                              range(cfg.workers) if workers is None else workers)
 
     def step(self) -> Step:
         cfg = self.config

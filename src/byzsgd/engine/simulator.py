@@ -41,6 +41,7 @@ class Simulation:
         self.adversary = setup.adversary()
         self.server = setup.server
         self.step = setup.step()
+        self.momentum = setup.momentum()  # the workers' momentum buffers (None: off)
         self.workspace = Workspace(self.cfg.workers, setup.flat.d, self.theta.dtype,
                                    setup.device)
 
@@ -51,7 +52,8 @@ class Simulation:
         """Round t (:func:`~byzsgd.engine.round.round_`); its rounds.csv row."""
         self.theta, self.buffer, record = round_(
             t, self.theta, self.buffer, workers=self.workers, adversary=self.adversary,
-            server=self.server, step=self.step, workspace=self.workspace)
+            server=self.server, step=self.step, workspace=self.workspace,
+            momentum=self.momentum)
         return record
 
     def evaluate(self) -> dict[str, float]:
@@ -62,9 +64,11 @@ class Simulation:
     def state(self) -> dict[str, Any]:
         """The training state a checkpoint holds (besides the loop's own counters): the
         rule's state across rounds (centered clipping) and the attack's (mimic), when they
-        have one; on the CPU."""
+        have one, and the workers' momentum buffers when on (``workers``); on the CPU."""
         state = {"theta": self.theta,
                  "server": {"buffer": self.buffer, **self.s.server.rule_state()}}
+        if self.momentum is not None:
+            state["workers"] = {"momentum": self.momentum.state_dict()["buffers"]}
         attack = self.adversary.attack
         if hasattr(attack, "state_dict"):
             state["attack"] = attack.state_dict()
@@ -80,6 +84,9 @@ class Simulation:
             attack = self.adversary.attack
             if "attack" in state and hasattr(attack, "load_state_dict"):
                 attack.load_state_dict(state["attack"])
+            if self.momentum is not None:
+                self.momentum.load_state_dict(
+                    {"buffers": state.get("workers", {}).get("momentum")})
 
     def report(self) -> dict[str, Any]:
         """Entries added to summary.json: the device the run computed on."""
