@@ -20,16 +20,16 @@ EXPERIMENTS = reproduce.repo_root() / "experiments"
 FIELD = "field-rules-attacks"
 
 RULES = ["mean", "median", "trimmed-mean", "meamed", "geomed", "rfa", "medoid", "krum",
-         "multi-krum", "bulyan", "centered-clipping", "dnc"]
+         "multi-krum", "bulyan", "centered-clipping", "dnc", "signguard", "caf"]
 ATTACKS = ["none", "sign-flip", "label-flip", "alie", "ipm", "mimic", "min-max", "min-sum"]
 
 
 def test_field_experiment_expands_to_the_stated_grid() -> None:
     exp = reproduce.load(FIELD, EXPERIMENTS)
     pts = reproduce.points(exp)
-    # 12 rules x {none, nnm, bucketing} less bulyan after bucketing, x 8 attack columns x
+    # 14 rules x {none, nnm, bucketing} less bulyan after bucketing, x 8 attack columns x
     # 2 partitions x 3 seeds
-    assert len(pts) == 35 * 8 * 2 * 3 == 1680
+    assert len(pts) == 41 * 8 * 2 * 3 == 1968
     assert len({p.name for p in pts}) == len(pts)
     variants = {(tuple(p.config.pre_aggregators), p.config.aggregator) for p in pts}
     expected = {(pre, r) for pre in [(), ("nnm",), ("bucketing",)] for r in RULES} \
@@ -46,13 +46,13 @@ def test_field_experiment_expands_to_the_stated_grid() -> None:
         key = (tuple(p.config.pre_aggregators), p.config.aggregator, p.config.attack,
                p.config.partition)
         per_cell.setdefault(key, set()).add(p.config.seed)
-    assert len(per_cell) == 35 * 8 * 2 and all(s == {0, 1, 2} for s in per_cell.values())
+    assert len(per_cell) == 41 * 8 * 2 and all(s == {0, 1, 2} for s in per_cell.values())
     name = ("aggregator=krum__attack=alie__partition=dirichlet__pre_aggregators=nnm__seed=2")
     assert name in {p.name for p in pts}
     # heat-map rows: "krum", "nnm + krum", "bucketing + krum"
     m = reproduce.matrix(pts, {p.name: {"final_test_accuracy": 0.5} for p in pts},
                          dict(exp.info["plot"]))
-    assert len(m.rows) == 35 and {"krum", "nnm + krum", "bucketing + krum"} <= set(m.rows)
+    assert len(m.rows) == 41 and {"krum", "nnm + krum", "bucketing + krum"} <= set(m.rows)
     assert m.cols == ATTACKS and m.panels == ["partition=iid", "partition=dirichlet"]
     assert m.rows[:3] == ["mean", "nnm + mean", "bucketing + mean"]  # grouped by rule
 
