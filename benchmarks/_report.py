@@ -52,3 +52,17 @@ def ms(value: float | None) -> str:
     if value is None:
         return "-"
     return f"{value:.1f}" if value < 1000 else f"{value:.0f}"
+
+
+def section(title: str, command: str, how: str, header: list[str], about_libraries: list[str],
+            load: tuple[object, object], took: str, high: bool, table: str,
+            notes: list[str]) -> str:
+    """A benchmark's markdown section: its title, the command and how it measured, the
+    machine (``header`` lines), the other libraries (versions, or what is quoted), the load
+    and run time (flagged when high), the table and notes."""
+    return "\n".join([
+        f"### {title}", "", f"`{command.strip()}` ({how})", "",
+        *[f"- {line}" for line in [*header, *about_libraries]],
+        f"- load average before / after: {load[0]} / {load[1]}; run time {took}"
+        + (" -- **measured at high load**" if high else ""), "",
+        table, "", *[f"- {note}" for note in notes]])

@@ -187,18 +187,14 @@ def main(argv: list[str] | None = None) -> None:
     took = f"{(time.perf_counter() - began) / 60:.1f} min"
     print(f"load average after: {load_after}; run time {took}")
     if args.markdown:
-        high = _machine.high_load()
-        body = [f"### Rules and pre-aggregators, n = {n}, d = {d}, f = {f}", "",
-                f"`{command.strip()}` (median of {repeats} interleaved calls)", "",
-                *[f"- {line}" for line in header],
-                f"- {_foreign.versions_line(foreign)}",
-                *[f"- {_foreign.quote_line(lib)}" for lib in missing],
-                f"- load average before / after: {load_before} / {load_after}; run time {took}"
-                + (" -- **measured at high load**" if high else ""), "",
-                table(result, markdown=True), "",
-                *[f"- {name}: {note}" for name, note in NOTES.items() if name in result],
-                *[f"- not timed: {name} ({why})" for name, why in SKIPPED.items()]]
-        _report.write_section(args.markdown, "aggregators", "\n".join(body))
+        body = _report.section(
+            f"Rules and pre-aggregators, n = {n}, d = {d}, f = {f}", command,
+            f"median of {repeats} interleaved calls", header,
+            [_foreign.versions_line(foreign), *[_foreign.quote_line(lib) for lib in missing]],
+            (load_before, load_after), took, _machine.high_load(), table(result, markdown=True),
+            [*[f"{name}: {note}" for name, note in NOTES.items() if name in result],
+             *[f"not timed: {name} ({why})" for name, why in SKIPPED.items()]])
+        _report.write_section(args.markdown, "aggregators", body)
         print(f"wrote the 'aggregators' section of {args.markdown}")
 
 

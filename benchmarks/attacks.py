@@ -157,18 +157,14 @@ def main(argv: list[str] | None = None) -> None:
     took = f"{(time.perf_counter() - began) / 60:.1f} min"
     print(f"load average after: {load_after}; run time {took}")
     if args.markdown:
-        high = _machine.high_load()
-        body = [f"### Attacks, n = {n}, d = {d}, f = {f}", "",
-                f"`{command.strip()}` (median of {repeats} interleaved forges)", "",
-                *[f"- {line}" for line in header],
-                f"- {_foreign.versions_line(foreign)}",
-                f"- load average before / after: {load_before} / {load_after}; run time {took}"
-                + (" -- **measured at high load**" if high else ""), "",
-                table(result, markdown=True), "",
-                "- ByzFL's and byzpy's attacks return one vector; ours write the f rows. "
-                "Their Mimic copies a fixed worker (our 'mimic frozen'); their optimal "
-                "attacks search 20 values like ours."]
-        _report.write_section(args.markdown, "attacks", "\n".join(body))
+        body = _report.section(
+            f"Attacks, n = {n}, d = {d}, f = {f}", command,
+            f"median of {repeats} interleaved forges", header, [_foreign.versions_line(foreign)],
+            (load_before, load_after), took, _machine.high_load(), table(result, markdown=True),
+            ["ByzFL's and byzpy's attacks return one vector; ours write the f rows. Their Mimic "
+             "copies a fixed worker (our 'mimic frozen'); their optimal attacks search 20 "
+             "values like ours."])
+        _report.write_section(args.markdown, "attacks", body)
         print(f"wrote the 'attacks' section of {args.markdown}")
 
 
