@@ -158,8 +158,8 @@ def test_parameter_flags_and_tables(tmp_path: Path, capsys: pytest.CaptureFixtur
     ('[experiment]\nrounds = 3\n[attack_params]\nz = 1.0\n', "attack_params outside"),
     ('[experiment]\nrounds = 3\n[extra]\nx = 1\n', "extra outside the [experiment] table"),
     ('[extra]\nx = 1\n', "unknown config field(s): extra"),
-    ('[experiment]\nworkers = "5"\n', "workers must be an int >= 1, got '5' (str)"),
-    ('[experiment]\nrounds = 2.5\n', "rounds must be an int >= 1, got 2.5 (float)"),
+    ('[experiment]\nworkers = "5"\n', "workers must be an int in [1, inf), got '5' (str)"),
+    ('[experiment]\nrounds = 2.5\n', "rounds must be an int in [1, inf), got 2.5 (float)"),
     ('experiment = 3\n', "experiment must be a table"),
     ('workers = \n', "invalid TOML"),
 ])

@@ -229,7 +229,7 @@ def test_sigkill_and_resume_give_the_uninterrupted_floats(tmp_path):
 
 @pytest.mark.parametrize("value", [1.0, 1, -0.1, float("nan"), float("inf"), "x", True])
 def test_config_refuses_bad_betas_naming_the_field(value):
-    with pytest.raises(ConfigError, match="worker_momentum must be a finite number in "
+    with pytest.raises(ConfigError, match="worker_momentum must be a float in "
                                           r"\[0, 1\)"):
         cfg(worker_momentum=value).validate()
 

@@ -9,8 +9,11 @@ import math
 import sys
 import typing
 from dataclasses import dataclass, field, fields
+from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
+
+from byzsgd.constraints import Interval, Options, Satisfies
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -29,67 +32,38 @@ class ConfigError(ValueError):
     """An invalid configuration; the message names the field and the constraint."""
 
 
-@dataclass(frozen=True)
-class Interval:
-    """Numbers from ``low`` to ``high`` (None: unbounded); ``closed`` names the ends that
-    belong: ``both``, ``left``, ``right`` or ``neither``."""
-
-    low: float | None = None
-    high: float | None = None
-    closed: str = "both"
-
-    def __contains__(self, value: float) -> bool:
-        left = self.closed in ("both", "left")
-        right = self.closed in ("both", "right")
-        if self.low is not None and (value < self.low or (value == self.low and not left)):
-            return False
-        return self.high is None or value < self.high or (value == self.high and right)
-
-    def __str__(self) -> str:
-        left = self.closed in ("both", "left")
-        right = self.closed in ("both", "right")
-        if self.high is None:
-            return f"{'>=' if left else '>'} {self.low}"
-        if self.low is None:
-            return f"{'<=' if right else '<'} {self.high}"
-        return f"in {'[' if left else '('}{self.low}, {self.high}{']' if right else ')'}"
-
-
-@dataclass(frozen=True)
-class Options:
-    """One of the given values."""
-
-    values: tuple[Any, ...]
-
-    def __contains__(self, value: Any) -> bool:
-        return value in self.values
-
-    def __str__(self) -> str:
-        return "one of " + ", ".join(map(str, self.values))
-
-
 #: A string that is not empty.
-NONEMPTY = Interval(1)  # on the string's length
+NONEMPTY = Satisfies(lambda v: isinstance(v, str) and len(v) >= 1, "a non-empty string")
+#: Numbers > 0, and numbers in [0, 1).
+POSITIVE = Interval(Real, 0, None, closed="neither")
+FRACTION = Interval(Real, 0, 1, closed="left")
+
+
+def _at_least(low: int) -> Interval:
+    return Interval(Integral, low, None, closed="left")
+
 
 #: What each config field accepts beyond its annotated type, which :func:`check_fields` reads
 #: from the annotation (``int``: an int, not a bool; ``float``: a finite int or float; ``str``;
-#: ``dict``: a table with string keys; ``X | None``: also None). Every field has an entry.
-CONSTRAINTS: dict[str, Interval | Options | None] = {
+#: ``dict``: a table with string keys; ``X | None``: also None), in the forms of
+#: :mod:`byzsgd.constraints` (the rules' and attacks' parameters use the same). Every field
+#: has an entry.
+CONSTRAINTS: dict[str, Interval | Options | Satisfies | None] = {
     "dataset": NONEMPTY, "data_dir": NONEMPTY, "model": NONEMPTY, "inputs": Options(INPUTS),
-    "workers": Interval(1), "byzantine": Interval(0), "declared_f": Interval(0),
+    "workers": _at_least(1), "byzantine": _at_least(0), "declared_f": _at_least(0),
     "aggregator": NONEMPTY, "aggregator_params": None, "pre_aggregators": None,
     "attack": NONEMPTY,
     "attack_params": None, "selection": Options(SELECTIONS), "knowledge": Options(KNOWLEDGE),
-    "attack_start": Interval(0), "attack_stop": Interval(0), "mode": Options(MODES),
-    "local_steps": Interval(1), "servers": Interval(1), "rounds": Interval(1),
-    "batch_size": Interval(1), "lr": Interval(0, closed="neither"),
-    "lr_schedule": Options(SCHEDULES), "lr_fading": Interval(0, closed="neither"),
-    "momentum": Interval(0, 1, closed="left"), "weight_decay": Interval(0),
-    "worker_momentum": Interval(0, 1, closed="left"),
-    "partition": NONEMPTY, "partition_alpha": Interval(0, closed="neither"),
-    "shards_per_worker": Interval(1), "backdoor": Options(BACKDOORS), "eval_every": Interval(1),
-    "eval_train_samples": Interval(1), "seed": Interval(0, 2**63 - 1), "plugins": None,
-    "device": NONEMPTY,
+    "attack_start": _at_least(0), "attack_stop": _at_least(0), "mode": Options(MODES),
+    "local_steps": _at_least(1), "servers": _at_least(1), "rounds": _at_least(1),
+    "batch_size": _at_least(1), "lr": POSITIVE,
+    "lr_schedule": Options(SCHEDULES), "lr_fading": POSITIVE,
+    "momentum": FRACTION, "weight_decay": Interval(Real, 0, None, closed="left"),
+    "worker_momentum": FRACTION,
+    "partition": NONEMPTY, "partition_alpha": POSITIVE,
+    "shards_per_worker": _at_least(1), "backdoor": Options(BACKDOORS),
+    "eval_every": _at_least(1), "eval_train_samples": _at_least(1),
+    "seed": Interval(Integral, 0, 2**63 - 1), "plugins": None, "device": NONEMPTY,
 }
 
 
@@ -317,15 +291,11 @@ _KIND = {int: "an int", float: "a finite number", str: "a string",
 
 
 def describe(name: str) -> str:
-    """What field ``name`` accepts, in words: ``an int >= 1``, ``one of raw, standardized``."""
+    """What field ``name`` accepts, in words: ``an int in [1, inf)``, ``one of 'raw',
+    'standardized'``."""
     kind, optional = field_types()[name]
     rule = CONSTRAINTS[name]
-    if isinstance(rule, Options):
-        text = str(rule)
-    elif rule is NONEMPTY and kind is str:
-        text = "a non-empty string"
-    else:
-        text = _KIND.get(kind, kind.__name__) + (f" {rule}" if rule is not None else "")
+    text = _KIND.get(kind, kind.__name__) if rule is None else rule.describe()
     return text + (" or None" if optional else "")
 
 
@@ -348,9 +318,8 @@ def check_fields(config: ExperimentConfig) -> None:
         if value is None and optional:
             continue
         rule = CONSTRAINTS[name]
-        ok = value is not None and _accepts(kind, value)
-        if ok and rule is not None:
-            ok = (len(value) if rule is NONEMPTY and kind is str else value) in rule
+        ok = value is not None and _accepts(kind, value) and (rule is None
+                                                               or rule.accepts(value))
         if not ok:
             raise ConfigError(f"{name} must be {describe(name)}, got {value!r} "
                               f"({type(value).__name__})")
