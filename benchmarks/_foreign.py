@@ -19,9 +19,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -168,3 +171,32 @@ def versions_line(foreign: Foreign | None) -> str:
     return (f"other libraries, measured side by side in {foreign.proc.args[0]}: "
             f"ByzFL {info['byzfl'] or 'not importable'}, byzpy {info['byzpy'] or 'not importable'}"
             f" (torch {info['torch']}, {info['threads']} threads)")
+
+
+def interleave(ops: dict[str, Callable[[], object]], theirs: dict[str, list[str]],
+               read: Callable[[], object], foreign: Foreign | None,
+               repeats: int) -> dict[str, dict[str, float | None]]:
+    """Median ms of each operation (``ours``), of one ``read`` pass timed just before it, and
+    of each foreign operation named in ``theirs[name]``, called in turn ``repeats`` times
+    after one warm-up call each (compilation, caches, their first calls)."""
+    times: dict[str, dict[str, list[float]]] = {
+        name: {key: [] for key in ["read", "ours", *theirs[name]]} for name in ops}
+    for name, fn in ops.items():
+        fn()
+        for op in theirs[name]:
+            foreign.call_ms(op)  # type: ignore[union-attr]
+    for i in range(repeats):
+        print(f"  round {i + 1} of {repeats} ...", file=sys.stderr, flush=True)
+        for name, fn in ops.items():
+            start = time.perf_counter()
+            read()
+            times[name]["read"].append((time.perf_counter() - start) * 1e3)
+            start = time.perf_counter()
+            fn()
+            times[name]["ours"].append((time.perf_counter() - start) * 1e3)
+            for op in theirs[name]:
+                value = foreign.call_ms(op)  # type: ignore[union-attr]
+                if value is not None:
+                    times[name][op].append(value)
+    return {name: {key: statistics.median(v) if v else None for key, v in columns.items()}
+            for name, columns in times.items()}

@@ -25,7 +25,6 @@ from byzsgd.tuning import tune_process  # isort: skip
 tune_process()
 
 import argparse
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -94,28 +93,9 @@ def measure(x: torch.Tensor, f: int, repeats: int,
                 variants = [f"{lib}:{name}"] + ([f"{lib}:{name} numpy"]
                                                 if lib == "byzfl" and name in NUMPY_TOO else [])
                 theirs[name] += [v for v in variants if v in offered]
-    times: dict[str, dict[str, list[float]]] = {
-        name: {key: [] for key in ["read", "ours", *theirs[name]]} for name in ops}
-    for name, fn in ops.items():  # warm-up: compilation, caches, their first calls
-        fn()
-        for op in theirs[name]:
-            foreign.call_ms(op)
-    for i in range(repeats):
-        print(f"  round {i + 1} of {repeats} ...", file=sys.stderr, flush=True)
-        for name, fn in ops.items():
-            start = time.perf_counter()
-            x.sum(0)
-            times[name]["read"].append((time.perf_counter() - start) * 1e3)
-            start = time.perf_counter()
-            fn()
-            times[name]["ours"].append((time.perf_counter() - start) * 1e3)
-            for op in theirs[name]:
-                value = foreign.call_ms(op)
-                if value is not None:
-                    times[name][op].append(value)
+    medians = _foreign.interleave(ops, theirs, lambda: x.sum(0), foreign, repeats)
     result: dict[str, dict[str, float | None]] = {}
-    for name, columns in times.items():
-        med = {key: statistics.median(v) if v else None for key, v in columns.items()}
+    for name, med in medians.items():
         row: dict[str, float | None] = {"read": med["read"], "ours": med["ours"]}
         for lib in ("byzfl", "byzpy"):
             candidates = {k: v for k, v in med.items() if k.startswith(lib + ":") and v}

@@ -23,7 +23,6 @@ from byzsgd.tuning import tune_process  # isort: skip
 tune_process()
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -76,27 +75,9 @@ def measure(matrix: torch.Tensor, f: int, repeats: int,
         forges[label] = forge
         theirs[label] = [op for op in (f"byzfl:{other}", f"byzpy:{other}")
                          if other and op in offered]
-    times = {label: {key: [] for key in ["read", "ours", *theirs[label]]} for label in forges}
-    for label, forge in forges.items():  # warm-up: compilation, caches
-        forge()
-        for op in theirs[label]:
-            foreign.call_ms(op)
-    for i in range(repeats):
-        print(f"  round {i + 1} of {repeats} ...", file=sys.stderr, flush=True)
-        for label, forge in forges.items():
-            start = time.perf_counter()
-            honest.sum(0)
-            times[label]["read"].append((time.perf_counter() - start) * 1e3)
-            start = time.perf_counter()
-            forge()
-            times[label]["ours"].append((time.perf_counter() - start) * 1e3)
-            for op in theirs[label]:
-                value = foreign.call_ms(op)
-                if value is not None:
-                    times[label][op].append(value)
+    medians = _foreign.interleave(forges, theirs, lambda: honest.sum(0), foreign, repeats)
     result = {}
-    for label, columns in times.items():
-        med = {key: statistics.median(v) if v else None for key, v in columns.items()}
+    for label, med in medians.items():
         result[label] = {"read": med["read"], "ours": med["ours"],
                          "byzfl": next((v for k, v in med.items() if k.startswith("byzfl:")),
                                        None),
