@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -91,25 +92,37 @@ def test_numba_cache_cold_and_warm(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(_numba_cache, "PACKAGE", tmp_path)
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "user"))
     modules = ("aggregators/_gram.py", "engine/sparse.py")
+    for m in modules:
+        (tmp_path / m).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / m).write_text("")
     assert _numba_cache.is_cold(modules)
     (tmp_path / "aggregators" / "__pycache__").mkdir(parents=True)
     (tmp_path / "aggregators" / "__pycache__" / "_gram._gram_range-344.py311.nbi").touch()
     assert _numba_cache.is_cold(modules)  # sparse still missing
-    (tmp_path / "user" / "x" / "engine").mkdir(parents=True)
-    (tmp_path / "user" / "x" / "engine" / "sparse._linear-100.py311.nbi").touch()
+    [user] = [d for d in _numba_cache.cache_dirs(("engine/sparse.py",))
+              if d.is_relative_to(tmp_path / "user")]
+    user.mkdir(parents=True)
+    (user / "sparse._linear-100.py311.nbi").touch()
     assert not _numba_cache.is_cold(modules)
 
 
-def test_numba_cache_dir_where_the_package_is_read_only(monkeypatch: pytest.MonkeyPatch
-                                                        ) -> None:
+def test_numba_cache_is_found_where_numba_writes_it(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """numba's own cache (here NUMBA_CACHE_DIR: a read-only install's kernels go to numba's
+    user-wide cache by the same per-file subpath) is where is_cold looks."""
+    import subprocess
+    import sys
+
     from byzsgd import _numba_cache
 
-    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
-    monkeypatch.setattr(_numba_cache, "_writable", lambda directory: False)
-    _numba_cache.configure()
-    import os
-
-    assert os.environ["NUMBA_CACHE_DIR"] == str(_numba_cache.USER_CACHE)
-    monkeypatch.setenv("NUMBA_CACHE_DIR", "/elsewhere")
-    _numba_cache.configure()
-    assert os.environ["NUMBA_CACHE_DIR"] == "/elsewhere"
+    source = tmp_path / "pkg" / "engine" / "sparse.py"
+    source.parent.mkdir(parents=True)
+    source.write_text("import numba\n\n@numba.njit(cache=True)\ndef twice(x):\n"
+                      "    return 2 * x\n")
+    monkeypatch.setattr(_numba_cache, "PACKAGE", tmp_path / "pkg")
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "user"))
+    assert _numba_cache.is_cold(("engine/sparse.py",))
+    subprocess.run([sys.executable, "-c", "import sparse; assert sparse.twice(3) == 6"],
+                   cwd=source.parent, check=True, env={**os.environ})
+    assert not list((source.parent / "__pycache__").glob("*.nbi"))  # numba wrote elsewhere
+    assert not _numba_cache.is_cold(("engine/sparse.py",))

@@ -6,13 +6,11 @@ Xie et al. (Generalized Byzantine-tolerant SGD; Fall of Empires), El Mhamdi et a
 Vulnerability of Distributed Learning in Byzantium) and Baruch et al. (A Little Is Enough).
 """
 
-from byzsgd._numba_cache import configure as configure_numba_cache
 from byzsgd.tuning import Tuning, tune_process
 
-# Where numba caches the compiled kernels, chosen before anything imports numba; it sets
-# NUMBA_CACHE_DIR only where the package's own directories are not writable. Process tuning
-# (OpenMP spinning, glibc's memory thresholds) is not applied here: see tune_process().
-configure_numba_cache()
+# Importing byzsgd changes no process setting and no environment variable: process tuning
+# (OpenMP spinning, glibc's memory thresholds) is tune_process()'s; where numba caches the
+# compiled kernels is numba's choice (next to the sources, else its user-wide cache).
 
 __all__ = ["Tuning", "tune_process"]  # and, loaded on first use, run and the helpers below
 
