@@ -100,6 +100,14 @@ def test_the_frozen_target_is_followed_by_worker_not_by_row():
     rows = attack(honest=y, f=2, generator=gen(3), honest_ids=others)
     torch.testing.assert_close(rows, y[int(torch.argmax(y @ z))].expand(2, -1))
     assert attack.target == target
+    # the target's row holds a NaN: dropped, the finite row with the largest <x, z> instead
+    bad = y.clone()
+    bad[row, 3] = float("nan")
+    rows = attack(honest=bad, f=2, generator=gen(3), honest_ids=ids)
+    finite = torch.tensor([i for i in range(5) if i != row])
+    best = finite[int(torch.argmax(y[finite] @ z))]
+    torch.testing.assert_close(rows, y[best].expand(2, -1))
+    assert attack.target == target
 
 
 def test_state_dict_round_trip_continues_the_same_sequence():

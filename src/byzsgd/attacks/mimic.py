@@ -103,6 +103,13 @@ class Mimic(ClassicAttack):
     def forge(self, ctx: Context) -> Tensor:
         honest = ctx.need_honest().detach()
         ids = self._ids(ctx, honest.shape[0])
+        if self.t >= self.warmup and self.mu is not None and self.mu.shape == (honest.shape[1],):
+            # Frozen: only the target's row is read (a finite target is what the full path
+            # below returns too; a missing or non-finite one falls through to it).
+            where = (ids == self.target).nonzero().flatten()
+            if where.numel() and bool(torch.isfinite(honest[int(where[0])]).all()):
+                self.t += 1
+                return ctx.rows(honest[int(where[0])])
         clean, mean = finite_rows(self.name, honest)
         if clean is not honest:  # rows with a NaN or Inf dropped
             ids = ids[torch.isfinite(honest).all(dim=1)]

@@ -38,7 +38,8 @@ class Gaussian(ClassicAttack):
     def forge(self, ctx: Context) -> Tensor:
         noise = torch.randn((ctx.f, ctx.d), generator=ctx.generator, dtype=torch.float64,
                             device="cpu")
-        return (noise * self.sigma + self.mean).to(device=ctx.device, dtype=ctx.dtype)
+        # In place (the same floats as noise * sigma + mean): two fewer (f, d) float64 passes.
+        return noise.mul_(self.sigma).add_(self.mean).to(device=ctx.device, dtype=ctx.dtype)
 
 
 @register
