@@ -22,7 +22,10 @@ from byzsgd import data
 from byzsgd.config import ExperimentConfig
 from byzsgd.data import _memo, mnist
 from byzsgd.engine.sparse import SparseRows
-from byzsgd.experiment import run
+from byzsgd.experiment import run, run_points
+from byzsgd.grid import Point
+
+THREADS = torch.get_num_threads()
 
 
 @pytest.fixture(autouse=True)
@@ -189,3 +192,26 @@ def test_a_run_with_a_warm_cache_is_bit_identical_to_one_in_a_fresh_process(
     subprocess.run([sys.executable, "-c", _COLD, str(tmp_path / "config.json"),
                     str(tmp_path / "cold")], check=True, env={**os.environ})
     assert _outputs(tmp_path / "warm") == _outputs(tmp_path / "cold")
+
+
+def test_a_sweep_pool_of_two_processes_gives_the_floats_of_cold_runs(tmp_path: Path) -> None:
+    """``run_points(jobs=2)``: each spawned process runs several runs (its later ones on the
+    data it cached), and every run's results equal those of the run made alone on a cold
+    cache."""
+    write_mnist(tmp_path / "d")
+    configs = [_config(tmp_path / "d", aggregator=a, attack=k, seed=s)
+               for a, k, s in [("median", "alie", 0), ("krum", "label-flip", 1),
+                               ("centered-clipping", "sign-flip", 2), ("mean", "none", 0),
+                               ("trimmed-mean", "ipm", 1), ("median", "mimic", 2)]]
+    points = [Point(f"run{i}", "", c) for i, c in enumerate(configs)]
+    assert run_points(points, tmp_path / "pool", jobs=2, quiet=True, threads=1) == 6
+    torch.set_num_threads(1)
+    try:
+        for i, c in enumerate(configs):
+            _memo.clear()
+            run(c, tmp_path / "alone" / f"run{i}")
+            assert _outputs(tmp_path / "pool" / f"run{i}") == \
+                _outputs(tmp_path / "alone" / f"run{i}"), c
+    finally:
+        torch.set_num_threads(THREADS)
+
