@@ -59,7 +59,8 @@ class SparseRows:
     @classmethod
     def from_dense(cls, x: Tensor, max_density: float = MAX_DENSITY) -> SparseRows | None:
         """The CSR form of ``x`` (N, ...) flattened to (N, P), or None when more than
-        ``max_density`` of its values are non-zero (or it is not float32)."""
+        ``max_density`` of its values are non-zero (or it is not float32). Its arrays are
+        read-only."""
         if x.dtype != torch.float32 or x.dim() < 2 or x.numel() == 0:
             return None
         flat = x.detach().cpu().reshape(x.shape[0], -1)
