@@ -21,15 +21,16 @@ FIELD = "field-rules-attacks"
 
 RULES = ["mean", "median", "trimmed-mean", "meamed", "geomed", "rfa", "medoid", "krum",
          "multi-krum", "bulyan", "centered-clipping", "dnc", "signguard", "caf"]
-ATTACKS = ["none", "sign-flip", "label-flip", "alie", "ipm", "mimic", "min-max", "min-sum"]
+ATTACKS = ["none", "sign-flip", "label-flip", "gaussian", "omniscient", "alie", "optimal-alie",
+           "ipm", "optimal-ipm", "mimic", "fang-krum", "fang-trim", "min-max", "min-sum"]
 
 
 def test_field_experiment_expands_to_the_stated_grid() -> None:
     exp = reproduce.load(FIELD, EXPERIMENTS)
     pts = reproduce.points(exp)
-    # 14 rules x {none, nnm, bucketing} less bulyan after bucketing, x 8 attack columns x
+    # 14 rules x {none, nnm, bucketing} less bulyan after bucketing, x 14 attack columns x
     # 2 partitions x 3 seeds
-    assert len(pts) == 41 * 8 * 2 * 3 == 1968
+    assert len(pts) == 41 * 14 * 2 * 3 == 3444
     assert len({p.name for p in pts}) == len(pts)
     variants = {(tuple(p.config.pre_aggregators), p.config.aggregator) for p in pts}
     expected = {(pre, r) for pre in [(), ("nnm",), ("bucketing",)] for r in RULES} \
@@ -46,7 +47,7 @@ def test_field_experiment_expands_to_the_stated_grid() -> None:
         key = (tuple(p.config.pre_aggregators), p.config.aggregator, p.config.attack,
                p.config.partition)
         per_cell.setdefault(key, set()).add(p.config.seed)
-    assert len(per_cell) == 41 * 8 * 2 and all(s == {0, 1, 2} for s in per_cell.values())
+    assert len(per_cell) == 41 * 14 * 2 and all(s == {0, 1, 2} for s in per_cell.values())
     name = ("aggregator=krum__attack=alie__partition=dirichlet__pre_aggregators=nnm__seed=2")
     assert name in {p.name for p in pts}
     # heat-map rows: "krum", "nnm + krum", "bucketing + krum"

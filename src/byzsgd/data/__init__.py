@@ -17,7 +17,9 @@ library's sets register the same way, in their own files), typically returning
 :meth:`Dataset.from_tensors`.
 
 The data directory is ``data_dir``, else ``$BYZSGD_DATA_DIR``, else the user cache
-(``$XDG_CACHE_HOME/byzsgd`` or ``~/.cache/byzsgd``); see :mod:`byzsgd.data._files`.
+(``$XDG_CACHE_HOME/byzsgd`` or ``~/.cache/byzsgd``); see :mod:`byzsgd.data._files`. A process
+that loads a file-based set again (a sweep's worker) gets the tensors it loaded before, while
+the files are unchanged: they are shared, to be read only (:mod:`byzsgd.data._memo`).
 """
 
 from __future__ import annotations

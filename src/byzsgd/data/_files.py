@@ -66,7 +66,9 @@ def find_file(dirs: Iterable[Path], names: Iterable[str]) -> Path | None:
     return None
 
 
-def _fingerprint(sources: Sequence[Path]) -> str:
+def fingerprint(sources: Sequence[Path]) -> str:
+    """The sources' resolved paths, sizes and modification times (ns), as one string: what
+    a cache entry built from them is stamped with."""
     stats = []
     for path in sources:
         st = path.stat()
@@ -84,13 +86,13 @@ def cached_arrays(tag: str, sources: Sequence[Path],
     corrupted entry) only cost the parse, never the load.
     """
     sources = [Path(p) for p in sources]
-    fingerprint = _fingerprint(sources)
+    stamp = fingerprint(sources)
     key = hashlib.sha256("\0".join(str(p.resolve()) for p in sources).encode()).hexdigest()
     entry = cache_dir() / "arrays" / f"{tag}-{key[:20]}.npz"
     if entry.is_file():
         try:
             with np.load(entry, allow_pickle=False) as stored:
-                if str(stored[_FINGERPRINT]) == fingerprint:
+                if str(stored[_FINGERPRINT]) == stamp:
                     return {k: stored[k] for k in stored.files if k != _FINGERPRINT}
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as err:
             logger.debug("ignoring unreadable cache entry %s: %s", entry, err)
@@ -101,7 +103,7 @@ def cached_arrays(tag: str, sources: Sequence[Path],
                                         dir=entry.parent)
         try:
             with os.fdopen(fd, "wb") as out:
-                np.savez(out, **arrays, **{_FINGERPRINT: np.array(fingerprint)})
+                np.savez(out, **arrays, **{_FINGERPRINT: np.array(stamp)})
             os.replace(tmp_name, entry)
         finally:
             Path(tmp_name).unlink(missing_ok=True)

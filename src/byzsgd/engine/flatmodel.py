@@ -167,7 +167,7 @@ class FlatModel:
         self.train_x = x
         compiled = self.method == "mlp" and cpu_fast_paths(self.device) \
             and x.device.type == "cpu"
-        self.sparse_inputs = SparseRows.from_dense(x) if sparse and compiled else None
+        self.sparse_inputs = SparseRows.of(x) if sparse and compiled else None
 
     def inputs(self, samples: Tensor) -> Tensor:
         """The training inputs of the sample indices ``samples`` (k, b): (k, b, ...), on the
