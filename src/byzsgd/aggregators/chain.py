@@ -85,7 +85,7 @@ def normalize_pre(pre: Iterable[PreSpecLike] | None) -> tuple[Stage, ...]:
                              f"got {params!r}")
         spec = pre_spec(name)
         accepted = set(inspect.signature(spec.apply).parameters) - {"gradients", "f",
-                                                                    "generator"}
+                                                                    "generator", "out"}
         unknown = sorted(set(params) - accepted)
         if unknown:
             raise ValueError(f"{name}: unknown parameter(s) {', '.join(unknown)}; "
