@@ -268,3 +268,29 @@ def test_server_shards_through_a_fused_chain():
         got = Server(fused, 120, servers=3).aggregate(x).value
         want = Server(written, 120, servers=3).aggregate(x).value
         assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("rule", LAZY)
+def test_torch_implementations_take_the_factors_too(rule):
+    # the torch kernels (a GPU's) scale the rows first; an explicit impl= is left to the rule
+    n, f = 15, 3
+    x = torch.randn(n, 300, generator=gen(16)) * torch.linspace(1, 4, n)[:, None]
+    written = A.bind(rule, f, pre=["arc"], fuse=False)
+    with kernels.use("torch"):
+        same(A.bind(rule, f, pre=["arc"])(x), written(x), rule)
+    pinned = A.bind(rule, f, pre=["arc"], impl="torch")
+    same(pinned(x), written(x), rule)
+    assert pinned.workspace._buffer is not None  # written out for the pinned implementation
+
+
+def test_a_replaced_rule_is_not_fed_factors():
+    calls = []
+
+    def my_mean(gradients, f):
+        calls.append(gradients.clone())
+        return gradients.mean(0)
+
+    x = torch.randn(9, 20, generator=gen(17)) * 3
+    rule = A.bind(my_mean, 2, pre=[("clipping", {"c": 1.0})])
+    rule(x)
+    assert torch.equal(calls[0], clipping(x, c=1.0))  # the user's function saw s x, written
