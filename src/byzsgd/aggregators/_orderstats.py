@@ -39,6 +39,8 @@ from functools import lru_cache
 import numba
 import numpy as np
 import torch
+from numba import types
+from numba.extending import overload
 from torch import Tensor
 
 from byzsgd import kernels
@@ -144,10 +146,33 @@ def _plan(m: int, lo: int, hi: int) -> tuple[int, int, np.ndarray]:
     return groups, blocks16, np.asarray(rest, dtype=np.int64).reshape(-1, 2)
 
 
+def _factor(scales, r):  # pragma: no cover - replaced by the overload in compiled code
+    """``scales[r]``, or None when there are no factors (resolved at compile time)."""
+
+
+def _times(v, t):  # pragma: no cover - replaced by the overload in compiled code
+    """``v * t``, or ``v`` itself when ``t`` is None (resolved at compile time)."""
+
+
+@overload(_factor, inline="always")
+def _factor_impl(scales, r):
+    if isinstance(scales, types.NoneType):
+        return lambda scales, r: None
+    return lambda scales, r: scales[r]
+
+
+@overload(_times, inline="always")
+def _times_impl(v, t):
+    if isinstance(t, types.NoneType):
+        return lambda v, t: v
+    return lambda v, t: v * t
+
+
 @numba.njit(cache=True, nogil=True, inline="always")
 def _load(x, rows, scales, groups, buf, j0, w, inf):  # pragma: no cover - compiled
     """Copy columns [j0, j0 + w) of ``x[rows]`` into ``buf`` (sub-block, row, lane), each row
-    times its factor ``scales[row]`` (1 for a plain call: exact), NaN read as +inf, each full
+    times its factor ``scales[row]`` (``scales`` None: compiled without the product), NaN
+    read as +inf, each full
     group of 8 rows sorted on the way by Batcher's 8-wire network (19 comparators, the first
     three stages of the m-wire network restricted to the group; written out so that the
     compiler keeps the 8 values in registers)."""
@@ -164,14 +189,14 @@ def _load(x, rows, scales, groups, buf, j0, w, inf):  # pragma: no cover - compi
         s5 = x[rows[r0 + 5]]
         s6 = x[rows[r0 + 6]]
         s7 = x[rows[r0 + 7]]
-        t0 = scales[rows[r0]]
-        t1 = scales[rows[r0 + 1]]
-        t2 = scales[rows[r0 + 2]]
-        t3 = scales[rows[r0 + 3]]
-        t4 = scales[rows[r0 + 4]]
-        t5 = scales[rows[r0 + 5]]
-        t6 = scales[rows[r0 + 6]]
-        t7 = scales[rows[r0 + 7]]
+        t0 = _factor(scales, rows[r0])
+        t1 = _factor(scales, rows[r0 + 1])
+        t2 = _factor(scales, rows[r0 + 2])
+        t3 = _factor(scales, rows[r0 + 3])
+        t4 = _factor(scales, rows[r0 + 4])
+        t5 = _factor(scales, rows[r0 + 5])
+        t6 = _factor(scales, rows[r0 + 6])
+        t7 = _factor(scales, rows[r0 + 7])
         for s in range(nsb):
             c0 = j0 + s * LANES
             ws = min(LANES, d - c0)
@@ -185,14 +210,14 @@ def _load(x, rows, scales, groups, buf, j0, w, inf):  # pragma: no cover - compi
             o6 = b[r0 + 6]
             o7 = b[r0 + 7]
             for k in range(ws):
-                v0 = s0[c0 + k] * t0
-                v1 = s1[c0 + k] * t1
-                v2 = s2[c0 + k] * t2
-                v3 = s3[c0 + k] * t3
-                v4 = s4[c0 + k] * t4
-                v5 = s5[c0 + k] * t5
-                v6 = s6[c0 + k] * t6
-                v7 = s7[c0 + k] * t7
+                v0 = _times(s0[c0 + k], t0)
+                v1 = _times(s1[c0 + k], t1)
+                v2 = _times(s2[c0 + k], t2)
+                v3 = _times(s3[c0 + k], t3)
+                v4 = _times(s4[c0 + k], t4)
+                v5 = _times(s5[c0 + k], t5)
+                v6 = _times(s6[c0 + k], t6)
+                v7 = _times(s7[c0 + k], t7)
                 v0 = v0 if v0 == v0 else inf
                 v1 = v1 if v1 == v1 else inf
                 v2 = v2 if v2 == v2 else inf
@@ -232,13 +257,13 @@ def _load(x, rows, scales, groups, buf, j0, w, inf):  # pragma: no cover - compi
                 o7[k] = v7
     for r in range(groups * 8, m):
         src = x[rows[r]]
-        t = scales[rows[r]]
+        t = _factor(scales, rows[r])
         for s in range(nsb):
             c0 = j0 + s * LANES
             ws = min(LANES, d - c0)
             dst = buf[s, r]
             for k in range(ws):
-                v = src[c0 + k] * t
+                v = _times(src[c0 + k], t)
                 dst[k] = v if v == v else inf
 
 
@@ -330,7 +355,8 @@ def _merge16(b, blocks, one):  # pragma: no cover - compiled
 def _kernel(x, rows, scales, groups, blocks16, net, mode, lo, count, out, b0, b1,
             consts):  # pragma: no cover - compiled
     """The rule's value for the columns of blocks [b0, b1) (of SPAN columns) into ``out``,
-    on the rows ``x[rows[r]] * scales[rows[r]]``.
+    on the rows ``x[rows[r]] * scales[rows[r]]`` (``scales`` None: ``x[rows[r]]``; a separate
+    compilation, without the product).
     Releases the GIL: several block ranges run at once on the shared thread pool
     (``byzsgd._pool``). ``consts`` holds 1, +inf and 0 in the input's dtype; the 1 is read at
     run time so that the compiler cannot drop the product by it (below)."""
@@ -411,7 +437,7 @@ def _kernel(x, rows, scales, groups, blocks16, net, mode, lo, count, out, b0, b1
 def _run(x: Tensor, rows: Tensor | None, mode: int, lo: int, count: int,
          sort_lo: int, sort_hi: int, scales: Tensor | None = None) -> Tensor:
     arr = x.detach().numpy()
-    factors = (np.ones(x.shape[0], dtype=arr.dtype) if scales is None
+    factors = (None if scales is None
                else scales.detach().cpu().numpy().astype(arr.dtype))
     m = x.shape[0] if rows is None else int(rows.numel())
     idx = (np.arange(m, dtype=np.int64) if rows is None
