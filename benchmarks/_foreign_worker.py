@@ -76,6 +76,10 @@ def byzfl_ops(byzfl, x, f):
         "arc": (lambda: x.clone(), byzfl.ARC(f=f)),
         "nnm d/10+krum": (lambda: small, chain(byzfl.NNM(f=f), byzfl.Krum(f=f))),
         "bucketing+median": (same, chain(byzfl.Bucketing(s=2), byzfl.Median())),
+        # clipping chains: on a copy made before the clock, as its pre-aggregators clip in place
+        "clipping+mean": (lambda: x.clone(), chain(byzfl.Clipping(c=1.0), byzfl.Average())),
+        "arc+median": (lambda: x.clone(), chain(byzfl.ARC(f=f), byzfl.Median())),
+        "arc+krum": (lambda: x.clone(), chain(byzfl.ARC(f=f), byzfl.Krum(f=f))),
         # attacks: on the honest rows (the first n - f)
         "alie": (lambda: honest, byzfl.ALittleIsEnough(tau=1.5)),
         "ipm": (lambda: honest, byzfl.InnerProductManipulation(tau=0.1)),

@@ -7,8 +7,14 @@ against ByzFL's and byzpy's implementation of the same operation, measured side 
     python benchmarks/aggregators.py --byzfl-python /path/to/python \\
         --byzfl-pythonpath /path/to/torchvision-stub
 
-Every registered rule (but ``brute``, exponential in n) and every pre-aggregator, plus two
-chains, on one seeded (n, d) float32 matrix. Where ByzFL / byzpy import (in this interpreter,
+Every registered rule (but ``brute``, exponential in n) and every pre-aggregator, plus
+chains, on one seeded (n, d) float32 matrix. Clipping and ARC are timed three ways: the public
+function (a new (n, d) matrix), their factors alone (what a chain computes: ``clipping
+factors``, ``arc factors``) and written into a warm buffer (``out=``, what a chain does for a
+rule that cannot read the factors); each against ByzFL's in-place clipping of a copy made
+before its clock. The chains ``clipping+mean``, ``arc+median``, ``arc+krum`` run as
+``aggregators.bind`` runs them (factors handed to the rule) against ByzFL's Clipping / ARC
+followed by its rule. Where ByzFL / byzpy import (in this interpreter,
 or in the one ``--byzfl-python`` / ``$BYZSGD_BYZFL_PYTHON`` names), they get the same matrix
 (saved as .npy) in their interpreter, and the calls alternate -- one read pass, ours, ByzFL's,
 byzpy's -- for ``--repeats`` rounds; each column is the median of its calls. ``x read pass``:
@@ -39,6 +45,7 @@ import _report
 
 from byzsgd import aggregators
 from byzsgd.aggregators.chain import PRE_AGGREGATORS
+from byzsgd.aggregators.preaggregation import arc_factors, clipping_factors
 
 #: Rules left out, with the reason printed.
 SKIPPED = {"brute": "exhaustive search over subsets, exponential in n"}
@@ -53,7 +60,16 @@ NOTES = {
     "centered-clipping": "one iteration (L = 1), tau = 100, from 0",
     "bucketing": "s = 2",
     "clipping": "c = 1",
+    "clipping factors": "the chain's clipping: the factors s (n,), x_i * s_i never written; "
+                        "ByzFL: Clipping on a copy made before its clock",
+    "arc factors": "the chain's ARC: the factors s (n,); ByzFL: ARC on a copy made before its "
+                   "clock",
+    "clipping out=": "written into a buffer reused call after call (no fresh pages)",
+    "arc out=": "written into a buffer reused call after call (no fresh pages)",
 }
+#: Our operation -> the other libraries' operation it is compared with, where they differ.
+THEIRS = {"clipping factors": "clipping", "clipping out=": "clipping", "arc factors": "arc",
+          "arc out=": "arc"}
 
 
 def our_ops(x: torch.Tensor, f: int) -> dict[str, Callable[[], object]]:
@@ -78,6 +94,17 @@ def our_ops(x: torch.Tensor, f: int) -> dict[str, Callable[[], object]]:
     ops["nnm d/10+krum"] = lambda: nnm_krum(small)
     bucketing_median = aggregators.bind("median", f, pre=[("bucketing", {"s": 2})])
     ops["bucketing+median"] = lambda: bucketing_median(x)
+    clip, arc = PRE_AGGREGATORS["clipping"].apply, PRE_AGGREGATORS["arc"].apply
+    buffer = torch.empty_like(x)
+    ops["clipping factors"] = lambda: clipping_factors(x, f, c=1.0)
+    ops["clipping out="] = lambda: clip(x, f, c=1.0, out=buffer)
+    ops["arc factors"] = lambda: arc_factors(x, f)
+    ops["arc out="] = lambda: arc(x, f, out=buffer)
+    for rule, stage in (("mean", ("clipping", {"c": 1.0})), ("median", "arc"),
+                        ("krum", "arc")):
+        chain = aggregators.bind(rule, f, pre=[stage])
+        ops[f"{stage if isinstance(stage, str) else stage[0]}+{rule}"] = \
+            lambda chain=chain: chain(x)
     return ops
 
 
@@ -90,8 +117,9 @@ def measure(x: torch.Tensor, f: int, repeats: int,
         offered = foreign.load(x, f)
         for name in ops:
             for lib in ("byzfl", "byzpy"):
-                variants = [f"{lib}:{name}"] + ([f"{lib}:{name} numpy"]
-                                                if lib == "byzfl" and name in NUMPY_TOO else [])
+                op = THEIRS.get(name, name)
+                variants = [f"{lib}:{op}"] + ([f"{lib}:{op} numpy"]
+                                              if lib == "byzfl" and op in NUMPY_TOO else [])
                 theirs[name] += [v for v in variants if v in offered]
     medians = _foreign.interleave(ops, theirs, lambda: x.sum(0), foreign, repeats)
     result: dict[str, dict[str, float | None]] = {}

@@ -7,7 +7,12 @@ NaN norm, a row holding an infinity +inf.
 
 :func:`scaled_rows` -- ``x_i * s_i`` in one pass, except for the rows whose factor is below
 float32's normal range (a float32-max row clipped to a small norm) or 0 (a non-finite row
-clipped to nothing), done row by row in float64 / zeroed.
+clipped to nothing), done row by row in float64 / zeroed; into a new tensor or into ``out=``
+(a warm buffer: no fresh pages).
+
+:func:`plain_factors` -- whether factors may be applied lazily, as ``x_i * s_i`` in ``x``'s
+dtype by whatever reads the rows next (no factor 0, none below :data:`TINY`): the clipping
+rules' factors then stand for their output without it being written (``chain.py``).
 """
 
 from __future__ import annotations
@@ -48,12 +53,26 @@ def row_norms(x: Tensor, center: Tensor | None = None) -> Tensor:
     return norms
 
 
-def scaled_rows(x: Tensor, factors: Tensor) -> Tensor:
-    """A new tensor ``x_i * factors_i`` (factors float64, (n,)); a factor of 0 zeroes its row
-    whatever it held (NaN or infinite rows clipped to nothing)."""
+def plain_factors(factors: Tensor) -> bool:
+    """Whether every factor is 1 or at least :data:`TINY`: then ``x_i * factors_i`` in ``x``'s
+    dtype is exactly what :func:`scaled_rows` writes, and a reader may apply the factors as it
+    reads the rows. False when a row is clipped to 0 (0 * inf is NaN: it must be zeroed) or
+    by a factor float32 cannot hold (applied in float64)."""
+    return bool(((factors >= TINY) | (factors == 1.0)).all())
+
+
+def scaled_rows(x: Tensor, factors: Tensor, out: Tensor | None = None) -> Tensor:
+    """``x_i * factors_i`` (factors float64, (n,)) in a new tensor, or written into ``out``
+    (x's shape, dtype and device) and returned; a factor of 0 zeroes its row whatever it held
+    (NaN or infinite rows clipped to nothing)."""
+    if out is None:
+        out = memory.empty(tuple(x.shape), x.dtype, x.device)
+    elif out.shape != x.shape or out.dtype != x.dtype or out.device != x.device:
+        raise ValueError(f"out must be a {x.dtype} tensor of shape {tuple(x.shape)} on "
+                         f"{x.device}, got {out.dtype} {tuple(out.shape)} on {out.device}")
     safe = (factors >= TINY) | (factors == 1.0)
     f32 = torch.where(safe, factors, torch.ones_like(factors)).to(device=x.device, dtype=x.dtype)
-    out = torch.mul(x, f32[:, None], out=memory.empty(tuple(x.shape), x.dtype, x.device))
+    torch.mul(x, f32[:, None], out=out)
     for r in torch.nonzero(~safe, as_tuple=True)[0].tolist():
         s = float(factors[r])
         if s == 0.0:

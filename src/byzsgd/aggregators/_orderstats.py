@@ -17,6 +17,8 @@ What makes it fast on every vector width (AVX2's 16 registers as well as AVX-512
 * the first three stages of the network (inside aligned groups of 8 wires) run in registers
   while the rows are copied in, and the next one (merging those groups by 16) in registers too:
   a third of the comparators never touch memory;
+* rows given lazily as ``x_i * s_i`` (a chain's clipping factors, ``scales=``) are multiplied
+  as they are copied in, in registers: nearly free, and the scaled matrix is never written;
 * every compare-exchange stores both outputs unconditionally (see ``_kernel``): a compiler left
   alone turns the minimum's store into a masked store, microcoded and 6x slower on AVX2 and
   unavailable on NEON.
@@ -37,6 +39,8 @@ from functools import lru_cache
 import numba
 import numpy as np
 import torch
+from numba import types
+from numba.extending import overload
 from torch import Tensor
 
 from byzsgd import kernels
@@ -142,12 +146,36 @@ def _plan(m: int, lo: int, hi: int) -> tuple[int, int, np.ndarray]:
     return groups, blocks16, np.asarray(rest, dtype=np.int64).reshape(-1, 2)
 
 
+def _factor(scales, r):  # pragma: no cover - replaced by the overload in compiled code
+    """``scales[r]``, or None when there are no factors (resolved at compile time)."""
+
+
+def _times(v, t):  # pragma: no cover - replaced by the overload in compiled code
+    """``v * t``, or ``v`` itself when ``t`` is None (resolved at compile time)."""
+
+
+@overload(_factor, inline="always")
+def _factor_impl(scales, r):
+    if isinstance(scales, types.NoneType):
+        return lambda scales, r: None
+    return lambda scales, r: scales[r]
+
+
+@overload(_times, inline="always")
+def _times_impl(v, t):
+    if isinstance(t, types.NoneType):
+        return lambda v, t: v
+    return lambda v, t: v * t
+
+
 @numba.njit(cache=True, nogil=True, inline="always")
-def _load(x, rows, groups, buf, j0, w, inf):  # pragma: no cover - compiled
-    """Copy columns [j0, j0 + w) of ``x[rows]`` into ``buf`` (sub-block, row, lane), NaN read
-    as +inf, each full group of 8 rows sorted on the way by Batcher's 8-wire network (19
-    comparators, the first three stages of the m-wire network restricted to the group; written
-    out so that the compiler keeps the 8 values in registers)."""
+def _load(x, rows, scales, groups, buf, j0, w, inf):  # pragma: no cover - compiled
+    """Copy columns [j0, j0 + w) of ``x[rows]`` into ``buf`` (sub-block, row, lane), each row
+    times its factor ``scales[row]`` (``scales`` None: compiled without the product), NaN
+    read as +inf, each full
+    group of 8 rows sorted on the way by Batcher's 8-wire network (19 comparators, the first
+    three stages of the m-wire network restricted to the group; written out so that the
+    compiler keeps the 8 values in registers)."""
     d = x.shape[1]
     m = rows.shape[0]
     nsb = (w + LANES - 1) // LANES
@@ -161,6 +189,14 @@ def _load(x, rows, groups, buf, j0, w, inf):  # pragma: no cover - compiled
         s5 = x[rows[r0 + 5]]
         s6 = x[rows[r0 + 6]]
         s7 = x[rows[r0 + 7]]
+        t0 = _factor(scales, rows[r0])
+        t1 = _factor(scales, rows[r0 + 1])
+        t2 = _factor(scales, rows[r0 + 2])
+        t3 = _factor(scales, rows[r0 + 3])
+        t4 = _factor(scales, rows[r0 + 4])
+        t5 = _factor(scales, rows[r0 + 5])
+        t6 = _factor(scales, rows[r0 + 6])
+        t7 = _factor(scales, rows[r0 + 7])
         for s in range(nsb):
             c0 = j0 + s * LANES
             ws = min(LANES, d - c0)
@@ -174,14 +210,14 @@ def _load(x, rows, groups, buf, j0, w, inf):  # pragma: no cover - compiled
             o6 = b[r0 + 6]
             o7 = b[r0 + 7]
             for k in range(ws):
-                v0 = s0[c0 + k]
-                v1 = s1[c0 + k]
-                v2 = s2[c0 + k]
-                v3 = s3[c0 + k]
-                v4 = s4[c0 + k]
-                v5 = s5[c0 + k]
-                v6 = s6[c0 + k]
-                v7 = s7[c0 + k]
+                v0 = _times(s0[c0 + k], t0)
+                v1 = _times(s1[c0 + k], t1)
+                v2 = _times(s2[c0 + k], t2)
+                v3 = _times(s3[c0 + k], t3)
+                v4 = _times(s4[c0 + k], t4)
+                v5 = _times(s5[c0 + k], t5)
+                v6 = _times(s6[c0 + k], t6)
+                v7 = _times(s7[c0 + k], t7)
                 v0 = v0 if v0 == v0 else inf
                 v1 = v1 if v1 == v1 else inf
                 v2 = v2 if v2 == v2 else inf
@@ -221,12 +257,13 @@ def _load(x, rows, groups, buf, j0, w, inf):  # pragma: no cover - compiled
                 o7[k] = v7
     for r in range(groups * 8, m):
         src = x[rows[r]]
+        t = _factor(scales, rows[r])
         for s in range(nsb):
             c0 = j0 + s * LANES
             ws = min(LANES, d - c0)
             dst = buf[s, r]
             for k in range(ws):
-                v = src[c0 + k]
+                v = _times(src[c0 + k], t)
                 dst[k] = v if v == v else inf
 
 
@@ -315,9 +352,11 @@ def _merge16(b, blocks, one):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _kernel(x, rows, groups, blocks16, net, mode, lo, count, out, b0, b1,
+def _kernel(x, rows, scales, groups, blocks16, net, mode, lo, count, out, b0, b1,
             consts):  # pragma: no cover - compiled
-    """The rule's value for the columns of blocks [b0, b1) (of SPAN columns) into ``out``.
+    """The rule's value for the columns of blocks [b0, b1) (of SPAN columns) into ``out``,
+    on the rows ``x[rows[r]] * scales[rows[r]]`` (``scales`` None: ``x[rows[r]]``; a separate
+    compilation, without the product).
     Releases the GIL: several block ranges run at once on the shared thread pool
     (``byzsgd._pool``). ``consts`` holds 1, +inf and 0 in the input's dtype; the 1 is read at
     run time so that the compiler cannot drop the product by it (below)."""
@@ -335,7 +374,7 @@ def _kernel(x, rows, groups, blocks16, net, mode, lo, count, out, b0, b1,
     for blk in range(b0, b1):
         j0 = blk * SPAN
         w = min(SPAN, d - j0)
-        _load(x, rows, groups, buf, j0, w, inf)
+        _load(x, rows, scales, groups, buf, j0, w, inf)
         for s in range((w + LANES - 1) // LANES):
             b = buf[s]
             _merge16(b, blocks16, one)
@@ -396,8 +435,10 @@ def _kernel(x, rows, groups, blocks16, net, mode, lo, count, out, b0, b1,
 
 
 def _run(x: Tensor, rows: Tensor | None, mode: int, lo: int, count: int,
-         sort_lo: int, sort_hi: int) -> Tensor:
+         sort_lo: int, sort_hi: int, scales: Tensor | None = None) -> Tensor:
     arr = x.detach().numpy()
+    factors = (None if scales is None
+               else scales.detach().cpu().numpy().astype(arr.dtype))
     m = x.shape[0] if rows is None else int(rows.numel())
     idx = (np.arange(m, dtype=np.int64) if rows is None
            else rows.detach().cpu().numpy().astype(np.int64, copy=False))
@@ -407,35 +448,49 @@ def _run(x: Tensor, rows: Tensor | None, mode: int, lo: int, count: int,
     consts = np.array([1.0, np.inf, 0.0], dtype=arr.dtype)
     nblocks = -(-d // SPAN)
     nthreads = 1 if m * d < _SERIAL_VALUES else max(1, torch.get_num_threads())
-    run_ranges(lambda g, b0, b1: _kernel(arr, idx, groups, blocks16, net, mode, lo, count, out,
-                                         b0, b1, consts),
+    run_ranges(lambda g, b0, b1: _kernel(arr, idx, factors, groups, blocks16, net, mode, lo,
+                                         count, out, b0, b1, consts),
                nblocks, group_count(nblocks, nthreads, _GROUPS_PER_THREAD), nthreads)
     return torch.from_numpy(out)
 
 
-def coordinate_median(x: Tensor, rows: Tensor | None = None) -> Tensor:
-    """Per-coordinate median of ``x[rows]`` (mean of the two middle values when m is even)."""
+def _scaled(x: Tensor, scales: Tensor | None) -> Tensor:
+    """``x_i * scales_i`` in x's dtype (the torch implementations' input when scaled)."""
+    if scales is None:
+        return x
+    return x * scales.to(device=x.device, dtype=x.dtype)[:, None]
+
+
+def coordinate_median(x: Tensor, rows: Tensor | None = None,
+                      scales: Tensor | None = None) -> Tensor:
+    """Per-coordinate median of ``x[rows]`` (mean of the two middle values when m is even).
+    ``scales`` (n,): the rows are ``x_i * scales_i`` in x's dtype, multiplied as they are
+    copied in (the same floats as on the scaled matrix, which is never written; the factors
+    must be finite: :func:`byzsgd.aggregators._norms.plain_factors`)."""
     if kernels.use_torch(x, "coordinate_median"):
-        return torch_impl.coordinate_median(x, rows)
+        return torch_impl.coordinate_median(_scaled(x, scales), rows)
     m = x.shape[0] if rows is None else int(rows.numel())
-    return _run(x, rows, MODE_MEDIAN, 0, 1, (m - 1) // 2, m // 2)
+    return _run(x, rows, MODE_MEDIAN, 0, 1, (m - 1) // 2, m // 2, scales)
 
 
-def coordinate_trimmed_mean(x: Tensor, b: int, rows: Tensor | None = None) -> Tensor:
+def coordinate_trimmed_mean(x: Tensor, b: int, rows: Tensor | None = None,
+                            scales: Tensor | None = None) -> Tensor:
     """Per coordinate, the mean of the values left after dropping the ``b`` smallest and
-    ``b`` largest (requires m > 2b)."""
+    ``b`` largest (requires m > 2b). ``scales`` as for :func:`coordinate_median`."""
     if kernels.use_torch(x, "coordinate_trimmed_mean"):
-        return torch_impl.coordinate_trimmed_mean(x, b, rows)
+        return torch_impl.coordinate_trimmed_mean(_scaled(x, scales), b, rows)
     m = x.shape[0] if rows is None else int(rows.numel())
-    return _run(x, rows, MODE_TRIMMED, b, m - 2 * b, b, m - b - 1)
+    return _run(x, rows, MODE_TRIMMED, b, m - 2 * b, b, m - b - 1, scales)
 
 
-def coordinate_mean_around_median(x: Tensor, keep: int, rows: Tensor | None = None) -> Tensor:
-    """Per coordinate, the mean of the ``keep`` values nearest to the median."""
+def coordinate_mean_around_median(x: Tensor, keep: int, rows: Tensor | None = None,
+                                  scales: Tensor | None = None) -> Tensor:
+    """Per coordinate, the mean of the ``keep`` values nearest to the median. ``scales`` as
+    for :func:`coordinate_median`."""
     if kernels.use_torch(x, "coordinate_mean_around_median"):
-        return torch_impl.coordinate_mean_around_median(x, keep, rows)
+        return torch_impl.coordinate_mean_around_median(_scaled(x, scales), keep, rows)
     m = x.shape[0] if rows is None else int(rows.numel())
-    return _run(x, rows, MODE_MEAMED, 0, keep, 0, m - 1)
+    return _run(x, rows, MODE_MEAMED, 0, keep, 0, m - 1, scales)
 
 
 def warmup() -> None:

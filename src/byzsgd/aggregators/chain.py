@@ -16,6 +16,17 @@ together). So the rule after bucketing is given f, and ``check(n)`` refuses a ch
 rule cannot tolerate f of ceil(n/s) rows (Krum after bucketing with s = 2 needs
 ceil(n/2) >= 2f + 3).
 
+Clipping and ARC without a copy. Both are diagonal (output row i = ``s_i x_i``), so the chain
+computes their factors s only (one read of x, ``clipping_factors`` / ``arc_factors``) and keeps
+(x, s): the mean and the coordinate-wise order statistics read ``s_i x_i`` lazily
+(``_diagonal.py``: one weighted pass; a multiply as the order-statistic kernel copies rows in,
+the same floats); any other rule or stage gets ``s x`` written into :attr:`Chain.workspace`, a
+buffer kept from round to round (no fresh pages). Factors that hostile rows make special (0
+for a non-finite row, below float32's range for a float32-max one) are always written out,
+with the clipping rules' own guarantees. ``fuse=False`` runs every stage as its public
+function instead (a new matrix per stage): the reference the fused path is tested against,
+bit for bit except the mean (a weighted sum, within float32 rounding).
+
 What ``selected`` means. Clipping and ARC keep row i as (a scaled) input row i, so the
 rows a selection rule picks still name input rows and are reported as such; after NNM or
 bucketing a row mixes several inputs and ``selected`` is ``None``.
@@ -44,9 +55,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from byzsgd.kernels import memory
 from byzsgd.seeding import generator_for
 
-from ._base import Aggregation
+from ._base import Aggregation, as_gradients
+from ._diagonal import run_scaled
+from ._norms import plain_factors, scaled_rows
 from ._registry import BoundRule
 from ._registry import bind as bind_rule
 from .distances import Geometry
@@ -85,7 +99,7 @@ def normalize_pre(pre: Iterable[PreSpecLike] | None) -> tuple[Stage, ...]:
                              f"got {params!r}")
         spec = pre_spec(name)
         accepted = set(inspect.signature(spec.apply).parameters) - {"gradients", "f",
-                                                                    "generator"}
+                                                                    "generator", "out"}
         unknown = sorted(set(params) - accepted)
         if unknown:
             raise ValueError(f"{name}: unknown parameter(s) {', '.join(unknown)}; "
@@ -113,6 +127,11 @@ class Chain:
     #: Seeds the per-round generators of the random stages (the run's seed).
     round_seed: int = 0
     state: dict[str, Any] = field(default_factory=lambda: {"round": 0, "center": None})
+    #: Clipping and ARC as factors handed to the rule (module docstring); False: each stage
+    #: writes its own new matrix.
+    fuse: bool = True
+    #: Where the chain writes ``s x`` when the rule cannot read it lazily; reused each round.
+    workspace: memory.Workspace = field(default_factory=memory.Workspace, repr=False)
 
     @property
     def name(self) -> str:
@@ -143,8 +162,17 @@ class Chain:
         stages from it instead of the round's own generators."""
         x = gradients
         rows: Tensor | None = torch.arange(gradients.shape[0])
+        scales: Tensor | None = None  # pending factors of a diagonal stage: the rows are s_i x_i
         for k, (name, params) in enumerate(self.pre):
             spec = pre_spec(name)
+            if scales is not None:
+                x, scales = self._materialize(x, scales), None
+            if self.fuse and spec.factors is not None:
+                x = as_gradients(x, name)
+                scales = spec.factors(x, self.f, **params)
+                if bool((scales == 1.0).all()):  # nothing clipped: the rows are x's
+                    scales = None
+                continue
             extra = {"generator": generator or self.generator(k)} if spec.random else {}
             x = spec.apply(x, self.f, **params, **extra)
             if not spec.keeps_rows:
@@ -155,13 +183,26 @@ class Chain:
             params[STATEFUL[self.name]] = center if columns is None else center[columns]
         if self.name in RANDOM:
             params["generator"] = generator or self.generator(len(self.pre))
-        result = self.rule.run(x, self.f, params)
+        result = None
+        if scales is not None and plain_factors(scales):
+            result = run_scaled(self.rule.function, x, scales, self.f, params)
+        if result is None:
+            if scales is not None:
+                x = self._materialize(x, scales)
+            result = self.rule.run(x, self.f, params)
+        if self.workspace.holds(result.value):  # the next round overwrites the workspace
+            result = Aggregation(result.value.clone(), result.selected)
         selected = result.selected
         if selected is not None and rows is not None:
             selected = torch.sort(rows[selected]).values
         elif self.pre and not all(pre_spec(n).keeps_rows for n, _ in self.pre):
             selected = None
         return Aggregation(result.value, selected)
+
+    def _materialize(self, x: Tensor, scales: Tensor) -> Tensor:
+        """``x_i * scales_i`` written into the workspace (in place when ``x`` is already
+        there), with the clipping rules' guarantees (``_norms.scaled_rows``)."""
+        return scaled_rows(x, scales, self.workspace.get(tuple(x.shape), x.dtype, x.device))
 
     @property
     def selects_rows(self) -> bool:
@@ -232,15 +273,16 @@ class Chain:
 
 
 def bind(rule: Any, f: int, *, pre: Iterable[PreSpecLike] | None = None, round_seed: int = 0,
-         **params: object) -> BoundRule | Chain:
+         fuse: bool = True, **params: object) -> BoundRule | Chain:
     """Fix a rule's ``f`` and parameters (``aggregators.bind``: a registered name or a
     function), with pre-aggregators before it (``pre=["nnm", ("bucketing", {"s": 2})]``,
     names of :func:`pre_aggregators`). A :class:`Chain` when there are pre-aggregators or the
     rule has state or per-round randomness (centered-clipping, dnc), ``round_seed`` seeding
-    its per-round generators; otherwise the plain ``BoundRule``."""
+    its per-round generators; otherwise the plain ``BoundRule``. ``fuse``: clipping and ARC
+    handed to the rule as factors (:class:`Chain`); False runs each stage's public function."""
     bound = bind_rule(rule, f, **params)
     stages = normalize_pre(pre)
-    chain = Chain(bound.spec, f, dict(params), stages, round_seed)
+    chain = Chain(bound.spec, f, dict(params), stages, round_seed, fuse=fuse)
     return chain if stages or chain.stateful else bound
 
 

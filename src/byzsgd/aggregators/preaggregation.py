@@ -10,6 +10,11 @@ a rule (``aggregators.bind("krum", f, pre=["nnm"])``).
   gradients in distributed learning", 2024/25, Algorithm 1): the floor(2 (f/n) (n - f))
   largest vectors clipped to the norm of the next largest.
 
+Clipping and ARC are diagonal: output row i is ``s_i x_i``. :func:`clipping_factors` and
+:func:`arc_factors` return s alone (one read of x, its row norms); a chain hands s to the rule
+instead of the scaled matrix (``chain.py``), and ``clipping(x, f, c=c, out=buffer)`` writes
+the scaled matrix into a buffer the caller keeps.
+
 Each is a pure function ``pre(x, f, **params) -> Tensor`` that never modifies its input, with
 a ``check_*`` that validates (n, f, params) first. Hostile rows (NaN, +-inf, 1e20, float32
 max) stay confined: a non-finite row never leaks into another row's output (NNM, bucketing
@@ -132,23 +137,40 @@ def check_clipping(n: int, f: int, c: float = 1.0) -> None:
         raise ValueError(f"clipping needs a norm 0 < c < inf, got c={c}")
 
 
-def clip_to(x: Tensor, norms: Tensor, limit: Tensor) -> Tensor:
-    """A copy of ``x`` whose rows of norm above ``limit`` (a scalar or (n,)) are scaled to
-    norm ``limit``; a row of non-finite norm is clipped to 0 (its direction is undefined)."""
+def clip_factors(norms: Tensor, limit: Tensor | float) -> Tensor:
+    """The factors (float64, (n,)) that clip rows of ``norms`` to ``limit`` (a scalar or
+    (n,)): ``limit / norm`` where the norm exceeds the limit, 1 elsewhere, and 0 for a row of
+    non-finite norm that exceeds it (its direction is undefined: clipped to 0)."""
     limit = torch.as_tensor(limit, dtype=torch.float64).expand_as(norms)
     over = ~(norms <= limit)                   # NaN norms count as over
     factors = torch.where(over, limit / norms, torch.ones_like(norms))
-    factors = torch.where(over & ~torch.isfinite(norms), torch.zeros_like(norms), factors)
-    return scaled_rows(x, factors)
+    return torch.where(over & ~torch.isfinite(norms), torch.zeros_like(norms), factors)
 
 
-def clipping(gradients: Tensor, f: int = 0, *, c: float = 1.0) -> Tensor:
-    """Static clipping: ``x_i * min(1, c / |x_i|)`` for every row (the clipping pre-aggregator
-    of ByzFL, "Clipping"; the static baseline of Allouah et al. 2024/25). ``f`` is not used.
-    A row with a non-finite norm (NaN, inf) becomes 0."""
+def clip_to(x: Tensor, norms: Tensor, limit: Tensor, out: Tensor | None = None) -> Tensor:
+    """A copy of ``x`` (or ``out``, written) whose rows of norm above ``limit`` (a scalar or
+    (n,)) are scaled to norm ``limit``; a row of non-finite norm is clipped to 0."""
+    return scaled_rows(x, clip_factors(norms, limit), out)
+
+
+def clipping_factors(gradients: Tensor, f: int = 0, *, c: float = 1.0) -> Tensor:
+    """The factors s (float64, (n,)) of static clipping, ``s_i = min(1, c / |x_i|)`` (0 for a
+    row of non-finite norm): :func:`clipping` is ``x_i * s_i``. One read of ``x`` (its row
+    norms); what a chain computes instead of the clipped matrix (``chain.py``)."""
     x = as_gradients(gradients, "clipping")
     check_clipping(x.shape[0], f, c)
-    return clip_to(x, row_norms(x), torch.tensor(float(c), dtype=torch.float64))
+    return clip_factors(row_norms(x), float(c))
+
+
+def clipping(gradients: Tensor, f: int = 0, *, c: float = 1.0,
+             out: Tensor | None = None) -> Tensor:
+    """Static clipping: ``x_i * min(1, c / |x_i|)`` for every row (the clipping pre-aggregator
+    of ByzFL, "Clipping"; the static baseline of Allouah et al. 2024/25). ``f`` is not used.
+    A row with a non-finite norm (NaN, inf) becomes 0. A new tensor, or ``out`` (x's shape
+    and dtype, not ``x`` itself) written and returned: a warm buffer reused round after round
+    costs no fresh pages."""
+    x = as_gradients(gradients, "clipping")
+    return scaled_rows(x, clipping_factors(x, f, c=c), out)
 
 
 # --- adaptive robust clipping -----------------------------------------------------------------
@@ -164,20 +186,18 @@ def arc_count(n: int, f: int) -> int:
     return (2 * f * (n - f)) // n
 
 
-def arc(gradients: Tensor, f: int) -> Tensor:
-    """Adaptive robust clipping (Allouah et al., "Boosting robustness by clipping gradients
-    in distributed learning", 2024/25, Algorithm 1 ARC): with k = floor(2 (f/n) (n - f)),
-    the k vectors of largest norm are clipped to the norm of the (k+1)-th largest; the
-    others are unchanged. Ties in norm go to the lower index (it is clipped last). Needs
-    f < n/2. A non-finite row has norm +inf, is among the k largest when there are at most
-    k such rows, and is clipped to 0."""
+def arc_factors(gradients: Tensor, f: int) -> Tensor:
+    """The factors s (float64, (n,)) of ARC (:func:`arc` is ``x_i * s_i``): with
+    k = floor(2 (f/n) (n - f)), ``|x_(k+1)| / |x_i|`` for the k rows of largest norm (ties to
+    the lower index, clipped last), 1 for the others; 0 for a non-finite row among the k (or
+    for every non-finite row when there are more than k). One read of ``x``."""
     x = as_gradients(gradients, "arc")
     n = x.shape[0]
     check_arc(n, f)
     k = arc_count(n, f)
-    norms = row_norms(x)
     if k == 0:
-        return x.clone()
+        return torch.ones(n, dtype=torch.float64)
+    norms = row_norms(x)
     key = torch.nan_to_num(norms, nan=math.inf)
     order = torch.argsort(key, descending=True, stable=True)
     limit = key[order[k]]
@@ -187,7 +207,22 @@ def arc(gradients: Tensor, f: int) -> Tensor:
     if not math.isfinite(float(limit)):  # more than k non-finite rows: clip them to 0
         limits = torch.where(torch.isfinite(norms), torch.full_like(norms, math.inf),
                              torch.zeros_like(norms))
-    return clip_to(x, norms, limits)
+    return clip_factors(norms, limits)
+
+
+def arc(gradients: Tensor, f: int, *, out: Tensor | None = None) -> Tensor:
+    """Adaptive robust clipping (Allouah et al., "Boosting robustness by clipping gradients
+    in distributed learning", 2024/25, Algorithm 1 ARC): with k = floor(2 (f/n) (n - f)),
+    the k vectors of largest norm are clipped to the norm of the (k+1)-th largest; the
+    others are unchanged. Ties in norm go to the lower index (it is clipped last). Needs
+    f < n/2. A non-finite row has norm +inf, is among the k largest when there are at most
+    k such rows, and is clipped to 0. A new tensor, or ``out`` written and returned (as
+    :func:`clipping`)."""
+    x = as_gradients(gradients, "arc")
+    factors = arc_factors(x, f)
+    if out is None and arc_count(x.shape[0], f) == 0:
+        return x.clone()
+    return scaled_rows(x, factors, out)
 
 
 # --- registry ---------------------------------------------------------------------------------
@@ -205,6 +240,10 @@ class PreSpec:
     keeps_rows: bool
     #: Whether ``apply`` takes ``generator=`` (bucketing's permutation).
     random: bool = False
+    #: For a diagonal stage (output row i = s_i x_i: clipping, ARC), ``factors(x, f,
+    #: **params)`` -> s (float64, (n,)), which a chain hands to the rule instead of the
+    #: scaled matrix; None otherwise.
+    factors: Callable[..., Tensor] | None = None
 
     def rows_out(self, n: int, **params: object) -> int:
         """n', the number of rows the pre-aggregator returns for n."""
@@ -218,9 +257,10 @@ PRE_AGGREGATORS = {p.name: p for p in [
             "(Allouah et al. 2023)", nnm, check_nnm, False),
     PreSpec("bucketing", "random buckets of s vectors, averaged (Karimireddy et al. 2022)",
             bucketing, check_bucketing, False, random=True),
-    PreSpec("clipping", "every vector clipped to norm c", clipping, check_clipping, True),
+    PreSpec("clipping", "every vector clipped to norm c", clipping, check_clipping, True,
+            factors=clipping_factors),
     PreSpec("arc", "adaptive robust clipping: the floor(2(f/n)(n-f)) largest clipped to the "
-            "next largest norm (Allouah et al. 2024)", arc, check_arc, True),
+            "next largest norm (Allouah et al. 2024)", arc, check_arc, True, factors=arc_factors),
 ]}
 
 
