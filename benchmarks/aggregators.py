@@ -18,7 +18,9 @@ followed by its rule. Where ByzFL / byzpy import (in this interpreter,
 or in the one ``--byzfl-python`` / ``$BYZSGD_BYZFL_PYTHON`` names), they get the same matrix
 (saved as .npy) in their interpreter, and the calls alternate -- one read pass, ours, ByzFL's,
 byzpy's -- for ``--repeats`` rounds; each column is the median of its calls. ``x read pass``:
-our time over one read pass (``x.sum(0)``) timed next to it; ``x ByzFL``, ``x byzpy``: their
+our time over one read pass (``x.sum()``: one flat reduction over every value, torch's
+fastest read of x; the column sums ``x.sum(0)`` took 1.5-2x as long on the 2-core EPYC) timed
+next to it; ``x ByzFL``, ``x byzpy``: their
 time over ours (above 1: byzsgd faster). Without them the benchmark prints the anchor numbers
 of ANCHORS.md with the machine they were measured on, and divides by nothing.
 """
@@ -121,7 +123,7 @@ def measure(x: torch.Tensor, f: int, repeats: int,
                 variants = [f"{lib}:{op}"] + ([f"{lib}:{op} numpy"]
                                               if lib == "byzfl" and op in NUMPY_TOO else [])
                 theirs[name] += [v for v in variants if v in offered]
-    medians = _foreign.interleave(ops, theirs, lambda: x.sum(0), foreign, repeats)
+    medians = _foreign.interleave(ops, theirs, lambda: x.sum(), foreign, repeats)
     result: dict[str, dict[str, float | None]] = {}
     for name, med in medians.items():
         row: dict[str, float | None] = {"read": med["read"], "ours": med["ours"]}

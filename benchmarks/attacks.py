@@ -10,7 +10,8 @@ Each attack forges its f rows as the simulator has it do: in place, in the rows 
 honest ones of the received (n, d) matrix. Rule-aware attacks ask the rule named in the table
 (``optimal-*``: ByzFL's default of 20 rule calls). Where ByzFL / byzpy import (this
 interpreter, ``--byzfl-python`` or ``$BYZSGD_BYZFL_PYTHON``; ``--no-byzfl`` skips them), they
-get the same matrix (saved as .npy) and the calls alternate -- read pass, ours, ByzFL's,
+get the same matrix (saved as .npy) and the calls alternate -- read pass (``honest.sum()``,
+one flat reduction), ours, ByzFL's,
 byzpy's -- medians of each; ``x ByzFL`` / ``x byzpy``: their time over ours (above 1: byzsgd
 faster). Without them the anchors are quoted with their machine, and nothing is divided.
 """
@@ -75,7 +76,7 @@ def measure(matrix: torch.Tensor, f: int, repeats: int,
         forges[label] = forge
         theirs[label] = [op for op in (f"byzfl:{other}", f"byzpy:{other}")
                          if other and op in offered]
-    medians = _foreign.interleave(forges, theirs, lambda: honest.sum(0), foreign, repeats)
+    medians = _foreign.interleave(forges, theirs, lambda: honest.sum(), foreign, repeats)
     result = {}
     for label, med in medians.items():
         result[label] = {"read": med["read"], "ours": med["ours"],
