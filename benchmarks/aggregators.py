@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     for library in missing:
         print(_foreign.quote_line(library))
     print(f"n={n}, d={d}, f={f}, float32, median of {repeats} interleaved calls each; "
-          "x read pass: ours over x.sum(0); x ByzFL / x byzpy: their ms over ours "
+          "x read pass: ours over x.sum(); x ByzFL / x byzpy: their ms over ours "
           "(above 1: byzsgd faster)")
     for name, why in SKIPPED.items():
         print(f"not timed: {name} ({why})")

@@ -1,5 +1,5 @@
 """Distance kernels: the centered Gram matrix against torch's ``x @ x.T`` and one read pass
-``x.sum(0)``; the max-norm (l_inf) distances against ``torch.cdist(p=inf)``.
+``x.sum()`` (one flat reduction); the max-norm (l_inf) distances against ``torch.cdist(p=inf)``.
 
     python benchmarks/gram.py              # n in {25, 51}, d in {1e5, 1e6}, median of 15 runs
     python benchmarks/gram.py --quick      # small sizes, for a smoke run
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
         ms = interleaved_medians({
             "gram": lambda x=x, c=center: centered_gram(x, c),
             "mm": lambda x=x: x @ x.T,
-            "sum": lambda x=x: x.sum(0),
+            "sum": lambda x=x: x.sum(),
         }, repeats)
         xc = (x - center).double().numpy()
         ref = torch.from_numpy(xc @ xc.T)
