@@ -164,6 +164,13 @@ def start(python: str | None, pythonpath: str | None, threads: int) -> Foreign |
     return foreign
 
 
+def missing(foreign: Foreign | None) -> list[str]:
+    """The libraries (named with the version the anchors were measured with) this run does not
+    measure."""
+    return [lib for lib, key in (("ByzFL 0.0.11", "byzfl"), ("byzpy 0.1.4", "byzpy"))
+            if foreign is None or not foreign.has(key)]
+
+
 def versions_line(foreign: Foreign | None) -> str:
     if foreign is None:
         return "other libraries: none measured in this run"

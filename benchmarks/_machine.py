@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import time
+from dataclasses import dataclass
 
 #: Vector-width flags worth naming (x86: /proc/cpuinfo "flags"; Arm: "Features").
 VECTOR_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "neon",
@@ -112,6 +114,38 @@ def describe(threads: int | None = None) -> list[str]:
     return lines
 
 
-def print_header(threads: int | None = None) -> None:
-    for line in describe(threads):
+def print_header(threads: int | None = None) -> list[str]:
+    """Print :func:`describe`'s lines; returns them."""
+    lines = describe(threads)
+    for line in lines:
         print(line)
+    return lines
+
+
+@dataclass
+class Run:
+    """A benchmark run's record for its report: the machine header, the load average before
+    and (after :meth:`finish`) after, and the run time."""
+
+    header: list[str]
+    load_before: str
+    began: float
+    load_after: str = ""
+    took: str = ""
+
+    def finish(self) -> None:
+        """Record the load after and the run time, and print them."""
+        self.load_after = load()
+        self.took = f"{(time.perf_counter() - self.began) / 60:.1f} min"
+        print(f"load average after: {self.load_after}; run time {self.took}")
+
+    @property
+    def loads(self) -> tuple[str, str]:
+        return self.load_before, self.load_after
+
+
+def begin(threads: int | None = None) -> Run:
+    """Start a benchmark run: the clock, the machine header (printed), the load before."""
+    began = time.perf_counter()
+    header = print_header(threads)
+    return Run(header, load(), began)

@@ -34,7 +34,6 @@ tune_process()
 
 import argparse
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -163,16 +162,11 @@ def main(argv: list[str] | None = None) -> None:
     d = args.d or (10_000 if args.quick else 1_000_000)
     repeats = args.repeats or (3 if args.quick else 5)
     command = _foreign.command("aggregators.py", argv, args.byzfl_python)
-    began = time.perf_counter()
-    header = _machine.describe()
-    for line in header:
-        print(line)
-    load_before = _machine.load()
+    run = _machine.begin()
     foreign = _foreign.start(_foreign.find_python(args.byzfl_python), args.byzfl_pythonpath,
                              torch.get_num_threads())
     print(_foreign.versions_line(foreign))
-    missing = [lib for lib, key in (("ByzFL 0.0.11", "byzfl"), ("byzpy 0.1.4", "byzpy"))
-               if foreign is None or not foreign.has(key)]
+    missing = _foreign.missing(foreign)
     for library in missing:
         print(_foreign.quote_line(library))
     print(f"n={n}, d={d}, f={f}, float32, median of {repeats} interleaved calls each; "
@@ -193,15 +187,13 @@ def main(argv: list[str] | None = None) -> None:
     for name, note in NOTES.items():
         if name in result:
             print(f"  {name}: {note}")
-    load_after = _machine.load()
-    took = f"{(time.perf_counter() - began) / 60:.1f} min"
-    print(f"load average after: {load_after}; run time {took}")
+    run.finish()
     if args.markdown:
         body = _report.section(
             f"Rules and pre-aggregators, n = {n}, d = {d}, f = {f}", command,
-            f"median of {repeats} interleaved calls", header,
+            f"median of {repeats} interleaved calls", run.header,
             [_foreign.versions_line(foreign), *[_foreign.quote_line(lib) for lib in missing]],
-            (load_before, load_after), took, _machine.high_load(), table(result, markdown=True),
+            run.loads, run.took, _machine.high_load(), table(result, markdown=True),
             [*[f"{name}: {note}" for name, note in NOTES.items() if name in result],
              *[f"not timed: {name} ({why})" for name, why in SKIPPED.items()]])
         _report.write_section(args.markdown, "aggregators", body)

@@ -25,7 +25,6 @@ tune_process()
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -112,16 +111,11 @@ def main(argv: list[str] | None = None) -> None:
     d = args.d or (10_000 if args.quick else 1_000_000)
     repeats = args.repeats or 3
     command = _foreign.command("attacks.py", argv, args.byzfl_python)
-    began = time.perf_counter()
-    header = _machine.describe()
-    for line in header:
-        print(line)
-    load_before = _machine.load()
+    run = _machine.begin()
     python = None if args.no_byzfl else _foreign.find_python(args.byzfl_python)
     foreign = _foreign.start(python, args.byzfl_pythonpath, torch.get_num_threads())
     print(_foreign.versions_line(foreign))
-    missing = [lib for lib, key in (("ByzFL 0.0.11", "byzfl"), ("byzpy 0.1.4", "byzpy"))
-               if foreign is None or not foreign.has(key)]
+    missing = _foreign.missing(foreign)
     for library in missing:  # ANCHORS.md has no attack timings: say so
         print(f"{library.split()[0]} not installed: no anchor numbers for attacks in "
               "ANCHORS.md to quote; its columns stay empty")
@@ -135,14 +129,13 @@ def main(argv: list[str] | None = None) -> None:
         if foreign is not None:
             foreign.close()
     print(table(result, markdown=False))
-    load_after = _machine.load()
-    took = f"{(time.perf_counter() - began) / 60:.1f} min"
-    print(f"load average after: {load_after}; run time {took}")
+    run.finish()
     if args.markdown:
         body = _report.section(
             f"Attacks, n = {n}, d = {d}, f = {f}", command,
-            f"median of {repeats} interleaved forges", header, [_foreign.versions_line(foreign)],
-            (load_before, load_after), took, _machine.high_load(), table(result, markdown=True),
+            f"median of {repeats} interleaved forges", run.header,
+            [_foreign.versions_line(foreign)],
+            run.loads, run.took, _machine.high_load(), table(result, markdown=True),
             ["ByzFL's and byzpy's attacks return one vector; ours write the f rows. Their Mimic "
              "copies a fixed worker (our 'mimic frozen'); their optimal attacks search 20 "
              "values like ours."])

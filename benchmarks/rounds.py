@@ -142,11 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     args.data_dir = args.data_dir or None  # --data-dir "": the embedded mnist-5k
     command = _foreign.command("rounds.py", argv, args.byzfl_python)
-    began = time.perf_counter()
-    header = _machine.describe()
-    for line in header:
-        print(line)
-    load_before = _machine.load()
+    run = _machine.begin()
     batch, shard = fitting_batch(args.data_dir, args.batch)
     notes = []
     if batch != args.batch:
@@ -201,18 +197,17 @@ def main(argv: list[str] | None = None) -> None:
             print(_report.text_table(HEADERS, rows[-2:]), flush=True)
     if foreign is not None:
         foreign.close()
-    load_after = _machine.load()
-    took = f"{(time.perf_counter() - began) / 60:.1f} min"
-    print(f"load average after: {load_after}; run time {took}")
+    run.finish()
     if args.markdown:
         high = _machine.high_load()
         body = ["### Training rounds, MNIST MLP 784-100-10", "",
                 f"`{command.strip()}` (median ms per round, rounds {args.warmup + 1}-"
                 f"{args.rounds})", "",
-                *[f"- {line}" for line in header],
+                *[f"- {line}" for line in run.header],
                 f"- {_foreign.versions_line(foreign)}",
                 *[f"- {note}" for note in notes],
-                f"- load average before / after: {load_before} / {load_after}; run time {took}"
+                f"- load average before / after: {run.load_before} / {run.load_after}; "
+                f"run time {run.took}"
                 + (" -- **measured at high load**" if high else ""), "",
                 _report.markdown_table(HEADERS, rows), "",
                 "- ours: byzsgd's simulator (grads / attack / aggr: ms per round in each); "
