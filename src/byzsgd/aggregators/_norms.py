@@ -58,7 +58,12 @@ def plain_factors(factors: Tensor) -> bool:
     dtype is exactly what :func:`scaled_rows` writes, and a reader may apply the factors as it
     reads the rows. False when a row is clipped to 0 (0 * inf is NaN: it must be zeroed) or
     by a factor float32 cannot hold (applied in float64)."""
-    return bool(((factors >= TINY) | (factors == 1.0)).all())
+    return bool(_in_range(factors).all())
+
+
+def _in_range(factors: Tensor) -> Tensor:
+    """The factors that ``x``'s dtype applies exactly: 1, or at least :data:`TINY`."""
+    return (factors >= TINY) | (factors == 1.0)
 
 
 def scaled_rows(x: Tensor, factors: Tensor, out: Tensor | None = None) -> Tensor:
@@ -70,7 +75,7 @@ def scaled_rows(x: Tensor, factors: Tensor, out: Tensor | None = None) -> Tensor
     elif out.shape != x.shape or out.dtype != x.dtype or out.device != x.device:
         raise ValueError(f"out must be a {x.dtype} tensor of shape {tuple(x.shape)} on "
                          f"{x.device}, got {out.dtype} {tuple(out.shape)} on {out.device}")
-    safe = (factors >= TINY) | (factors == 1.0)
+    safe = _in_range(factors)
     f32 = torch.where(safe, factors, torch.ones_like(factors)).to(device=x.device, dtype=x.dtype)
     torch.mul(x, f32[:, None], out=out)
     for r in torch.nonzero(~safe, as_tuple=True)[0].tolist():

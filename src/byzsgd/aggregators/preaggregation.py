@@ -147,12 +147,6 @@ def clip_factors(norms: Tensor, limit: Tensor | float) -> Tensor:
     return torch.where(over & ~torch.isfinite(norms), torch.zeros_like(norms), factors)
 
 
-def clip_to(x: Tensor, norms: Tensor, limit: Tensor, out: Tensor | None = None) -> Tensor:
-    """A copy of ``x`` (or ``out``, written) whose rows of norm above ``limit`` (a scalar or
-    (n,)) are scaled to norm ``limit``; a row of non-finite norm is clipped to 0."""
-    return scaled_rows(x, clip_factors(norms, limit), out)
-
-
 def clipping_factors(gradients: Tensor, f: int = 0, *, c: float = 1.0) -> Tensor:
     """The factors s (float64, (n,)) of static clipping, ``s_i = min(1, c / |x_i|)`` (0 for a
     row of non-finite norm): :func:`clipping` is ``x_i * s_i``. One read of ``x`` (its row
