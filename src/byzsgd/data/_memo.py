@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from byzsgd.data._dataset import Dataset
-from byzsgd.data._files import fingerprint
+from byzsgd.data._files import cached_arrays, fingerprint
 
 logger = logging.getLogger("byzsgd.data")
 
@@ -75,6 +75,15 @@ def loaded(tag: str, root: str | os.PathLike[str], sources: Sequence[Path],
         while len(_entries) > SIZE:
             _entries.popitem(last=False)
         return ds
+
+
+def parsed(tag: str, root: str | os.PathLike[str], sources: Sequence[Path],
+           parse: Callable[[], dict], num_classes: int) -> Dataset:
+    """:func:`loaded` of the data set ``tag`` whose arrays ``parse()`` reads from ``sources``
+    (through the ``.npz`` cache of :func:`._files.cached_arrays`): what each file-backed loader
+    returns. Its tensors are shared by the runs of this process: read them only."""
+    return loaded(tag, root, sources,
+                  lambda: Dataset.from_arrays(tag, cached_arrays(tag, sources, parse), num_classes))
 
 
 def clear() -> None:

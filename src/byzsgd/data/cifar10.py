@@ -27,8 +27,8 @@ import numpy as np
 
 from byzsgd.data._dataset import Dataset
 from byzsgd.data._download import Checksum, DownloadError, fetch
-from byzsgd.data._files import DataUnavailableError, cached_arrays, data_root
-from byzsgd.data._memo import loaded
+from byzsgd.data._files import DataUnavailableError, data_root
+from byzsgd.data._memo import parsed
 from byzsgd.data._registry import register
 
 ARCHIVE = "cifar-10-python.tar.gz"
@@ -176,10 +176,5 @@ def load(data_dir: str | os.PathLike[str] | None = None, download: bool = True,
     location = locate(data_dir, download, source)
     sources = ([location / n for n in (*TRAIN_BATCHES, TEST_BATCH)] if location.is_dir()
                else [location])
-
-    def parse() -> Dataset:
-        arrays = cached_arrays("cifar10", sources, lambda: _parse(location))
-        return Dataset.from_arrays("cifar10", arrays, 10)
-
-    # a process that loads it again (a sweep's worker) gets the same tensors: read them only
-    return loaded("cifar10", data_root(data_dir), sources, parse)
+    # a sweep's worker that loads it again gets the same tensors: read them only
+    return parsed("cifar10", data_root(data_dir), sources, lambda: _parse(location), 10)

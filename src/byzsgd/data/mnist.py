@@ -27,8 +27,8 @@ import numpy as np
 
 from byzsgd.data._dataset import Dataset
 from byzsgd.data._download import Checksum, DownloadError, fetch
-from byzsgd.data._files import DataUnavailableError, cached_arrays, data_root, find_file
-from byzsgd.data._memo import loaded
+from byzsgd.data._files import DataUnavailableError, data_root, find_file
+from byzsgd.data._memo import parsed
 from byzsgd.data._registry import register
 from byzsgd.data.idx import read_idx
 
@@ -164,13 +164,9 @@ def load(source: IdxSource = MNIST, data_dir: str | os.PathLike[str] | None = No
     """Load an IDX image data set (MNIST by default); see the module docstring."""
     paths = locate(source, data_dir, download)
     ordered = [paths[role] for role in FILES]
-
-    def parse() -> Dataset:
-        arrays = cached_arrays(source.name, ordered, lambda: _parse(paths, source))
-        return Dataset.from_arrays(source.name, arrays, source.num_classes)
-
-    # a process that loads it again (a sweep's worker) gets the same tensors: read them only
-    return loaded(source.name, data_root(data_dir), ordered, parse)
+    # a sweep's worker that loads it again gets the same tensors: read them only
+    return parsed(source.name, data_root(data_dir), ordered, lambda: _parse(paths, source),
+                  source.num_classes)
 
 
 # Registered loaders look MNIST / FASHION_MNIST up at call time, so tests can replace them.
