@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+import re
 
 import pytest
 import torch
@@ -168,6 +169,24 @@ def test_fused_chain_equals_the_written_chain(stage, rule):
     want = A.aggregate(rule, staged, f, **params).value if rule != "centered-clipping" else None
     if want is not None:
         assert torch.equal(b.value, want)
+
+
+@pytest.mark.parametrize("rule", LAZY)
+def test_fused_chain_checks_the_rules_precondition(rule):
+    """The lazily fed rules bypass the rule's own function, which checks n against f: the
+    fused chain refuses what the written one refuses, with the same message. (After ARC the
+    question does not arise: ARC's f < n/2 is these rules' n >= 2f + 1.)"""
+    n, f = 8, 4  # n < 2f + 1: median, trimmed mean, meamed refuse
+    x = torch.randn(n, 50, generator=gen(3)) * 10.0  # every row clipped: factors != 1
+    fused, written = chains(rule, f, pre_of("clipping"))
+    try:
+        want = written.select(x).value
+    except ValueError as e:
+        with pytest.raises(ValueError, match=re.escape(str(e))):
+            fused.select(x)
+    else:
+        assert rule == "mean"  # the mean has no precondition on n
+        same(fused.select(x).value, want, rule)
 
 
 @pytest.mark.parametrize("rule", LAZY)

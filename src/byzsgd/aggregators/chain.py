@@ -185,6 +185,8 @@ class Chain:
             params["generator"] = generator or self.generator(len(self.pre))
         result = None
         if scales is not None and plain_factors(scales):
+            # the rule's own function (which checks its precondition) is bypassed: check here
+            self._check_rule(x.shape[0])
             result = run_scaled(self.rule.function, x, scales, self.f, params)
         if result is None:
             if scales is not None:
