@@ -31,7 +31,13 @@ from ._orderstats import (
     coordinate_median,
     coordinate_trimmed_mean,
 )
-from .coordinatewise import meamed_select, mean_select, median_select, trimmed_mean_select
+from .coordinatewise import (
+    meamed_keep,
+    meamed_select,
+    mean_select,
+    median_select,
+    trimmed_mean_select,
+)
 
 
 def scaled_mean(x: Tensor, scales: Tensor) -> Tensor:
@@ -56,8 +62,7 @@ def _trimmed(x: Tensor, s: Tensor, f: int, params: Mapping[str, object]) -> Aggr
 
 
 def _meamed(x: Tensor, s: Tensor, f: int, params: Mapping[str, object]) -> Aggregation:
-    keep = params.get("keep")
-    keep = x.shape[0] - f if keep is None else int(keep)  # type: ignore[call-overload]
+    keep = meamed_keep(x.shape[0], f, params.get("keep"))
     return Aggregation(coordinate_mean_around_median(x, keep, scales=s))
 
 

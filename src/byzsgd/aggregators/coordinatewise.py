@@ -72,6 +72,11 @@ def trimmed_mean_select(gradients: Tensor, f: int) -> Aggregation:
     return Aggregation(coordinate_trimmed_mean(x, f))
 
 
+def meamed_keep(n: int, f: int, keep: object = None) -> int:
+    """How many values per coordinate MeaMed averages: ``keep``, by default n - f."""
+    return n - f if keep is None else int(keep)  # type: ignore[call-overload]
+
+
 def check_meamed(n: int, f: int, keep: int | None = None) -> None:
     """MeaMed's precondition, and ``keep <= n`` (``keep >= 1`` is a declared constraint)."""
     check_f("meamed", n, f)
@@ -93,4 +98,4 @@ def meamed_select(gradients: Tensor, f: int, keep: int | None = None) -> Aggrega
     x = as_gradients(gradients, "meamed")
     n = x.shape[0]
     check_meamed(n, f, keep)
-    return Aggregation(coordinate_mean_around_median(x, n - f if keep is None else keep))
+    return Aggregation(coordinate_mean_around_median(x, meamed_keep(n, f, keep)))
